@@ -1,0 +1,201 @@
+"""Fetch a labelled image collection into `<dest>/<class>/<file>`.
+
+A source is an http(s) URL of a .zip or .tar(.gz) archive, a local archive, or
+a local folder. The collection is either one folder per class, or split
+folders (train/, validation/, test/ ...) that each hold one folder per class;
+split folders are merged per class. Wrapper folders with a single child
+(`cats_and_dogs_filtered/`) are looked through.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tarfile
+import tempfile
+import zipfile
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlparse
+
+from imgclf.errors import StageError
+
+log = logging.getLogger(__name__)
+
+SPLIT_FOLDER_NAMES = frozenset(
+    {"train", "training", "val", "valid", "validation", "test", "testing", "eval"}
+)
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+class FetchError(StageError):
+    """The source cannot be fetched or does not look like a labelled collection."""
+
+
+def is_url(source: str) -> bool:
+    return urlparse(source).scheme in ("http", "https")
+
+
+def is_archive(name: str) -> bool:
+    return name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def fetch(source: str, dest: Path) -> Counter[str]:
+    """Fetch `source` into `dest` and return the number of files per class.
+
+    `dest` is replaced only when the whole collection has been copied.
+    """
+    from imgclf.files import staged_directory
+
+    with tempfile.TemporaryDirectory(prefix="imgclf-fetch-") as scratch:
+        root = _materialize(source, Path(scratch))
+        with staged_directory(dest) as staging:
+            counts = merge_classes(root, staging)
+    return counts
+
+
+def _materialize(source: str, scratch: Path) -> Path:
+    """Return a local folder with the source's contents, extracting archives into `scratch`."""
+    if is_url(source):
+        archive = _download(source)
+        return _extract(archive, scratch)
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_file():
+        if not is_archive(path.name):
+            raise FetchError(
+                f"data.source = {source!r} is a file but not a .zip or .tar archive; "
+                "point it at an archive or at a folder with one subfolder per class"
+            )
+        return _extract(path, scratch)
+    raise FetchError(
+        f"data.source = {source!r} is neither an http(s) URL nor an existing file or folder"
+    )
+
+
+def _download(url: str) -> Path:
+    """Download `url` through the Keras cache ($KERAS_HOME/datasets), reusing a cached copy."""
+    import keras
+
+    name = Path(urlparse(url).path).name
+    if not is_archive(name):
+        raise FetchError(
+            f"data.source = {url!r} does not end in one of {', '.join(ARCHIVE_SUFFIXES)}; "
+            "only archives can be downloaded"
+        )
+    try:
+        return Path(keras.utils.get_file(fname=name, origin=url, cache_subdir="datasets"))
+    except Exception as error:  # get_file raises bare Exception for HTTP and URL errors
+        raise FetchError(
+            f"download of {url} failed: {error}. Offline, put {name} into "
+            "$KERAS_HOME/datasets/ (default ~/.keras/datasets/) and run again"
+        ) from error
+
+
+def _extract(archive: Path, scratch: Path) -> Path:
+    target = scratch / "extracted"
+    target.mkdir()
+    log.info("extracting %s", archive)
+    try:
+        if archive.name.lower().endswith(".zip"):
+            # zipfile drops absolute paths and ".." components from member names.
+            with zipfile.ZipFile(archive) as bundle:
+                bundle.extractall(target)
+        else:
+            # The "data" filter rejects links and paths that leave the target.
+            with tarfile.open(archive) as bundle:
+                bundle.extractall(target, filter="data")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as error:
+        raise FetchError(f"archive {archive} is damaged or not an archive: {error}") from error
+    return target
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".") and path.name != "__MACOSX"
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and _visible(p))
+
+
+def find_collection_root(folder: Path) -> Path:
+    """Look through wrapper folders that contain exactly one visible subfolder."""
+    current = folder
+    while True:
+        children = _subfolders(current)
+        if len(children) == 1 and children[0].name.lower() not in SPLIT_FOLDER_NAMES:
+            # A lone folder is a wrapper unless it is already a class folder of images.
+            if _subfolders(children[0]):
+                current = children[0]
+                continue
+        return current
+
+
+def class_folders(root: Path) -> dict[str, list[Path]]:
+    """Map each class name to the folders that contribute images to it."""
+    children = _subfolders(root)
+    splits = [child for child in children if child.name.lower() in SPLIT_FOLDER_NAMES]
+
+    if not splits:
+        return {child.name: [child] for child in children}
+
+    others = [child.name for child in children if child not in splits]
+    if others:
+        raise FetchError(
+            f"{root} mixes split folders ({', '.join(s.name for s in splits)}) with other "
+            f"folders ({', '.join(others)}); use either split folders or class folders"
+        )
+    classes: dict[str, list[Path]] = {}
+    for split in splits:
+        for child in _subfolders(split):
+            classes.setdefault(child.name, []).append(child)
+    return classes
+
+
+def merge_classes(source_root: Path, dest: Path) -> Counter[str]:
+    """Copy every file of every class folder into `dest/<class>/`, keeping sub-paths."""
+    root = find_collection_root(source_root)
+    classes = class_folders(root)
+    if len(classes) < 2:
+        found = ", ".join(classes) or "none"
+        raise FetchError(
+            f"{root} must contain one folder per class and at least 2 classes; found: {found}"
+        )
+
+    loose = [p.name for p in root.iterdir() if p.is_file() and _visible(p)]
+    if loose:
+        log.warning("skipped %d file(s) outside class folders in %s: %s", len(loose), root,
+                    ", ".join(sorted(loose)[:5]))
+
+    counts: Counter[str] = Counter()
+    for label, folders in sorted(classes.items()):
+        for folder in folders:
+            for path in sorted(folder.rglob("*")):
+                if path.is_dir():
+                    continue
+                if path.is_symlink() and not _resolves_inside(path, folder):
+                    log.warning("skipped symlink %s: it points outside %s", path, folder)
+                    continue
+                target = _unique_target(dest / label / path.relative_to(folder), folder.parent.name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+                counts[label] += 1
+        if counts[label] == 0:
+            log.warning("class folder %r is empty", label)
+    return counts
+
+
+def _resolves_inside(link: Path, folder: Path) -> bool:
+    return link.resolve().is_relative_to(folder.resolve())
+
+
+def _unique_target(target: Path, split_name: str) -> Path:
+    """Prefix the split folder's name when two splits hold a file of the same name."""
+    if not target.exists():
+        return target
+    renamed = target.with_name(f"{split_name}__{target.name}")
+    if renamed.exists():
+        raise FetchError(f"two source files both map to {renamed}; rename one of them")
+    return renamed

@@ -1,0 +1,185 @@
+"""Decode, orient, convert and resize raw images into a uniform RGB JPEG collection.
+
+Every file is fully decoded with Pillow (`load()`, which catches truncated
+files that `verify()` passes). A file that cannot be used is dropped with a
+reason; raw files are only read, never modified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import struct
+import sys
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from imgclf.errors import StageError
+
+log = logging.getLogger(__name__)
+
+# Reasons for dropping a file, as they appear in dropped.csv and metrics/prepare.json.
+EMPTY = "empty_file"
+HIDDEN = "hidden_file"
+NOT_AN_IMAGE = "not_an_image"
+CORRUPT = "corrupt_or_truncated"
+TOO_LARGE = "decompression_bomb"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    source: str  # relative to the raw folder: <class>/<file>
+    label: str
+    sha256: str
+    output: str | None  # relative to the output folder; None when dropped
+    reason: str | None  # why the file was dropped; None when kept
+
+
+def output_name(source: Path) -> Path:
+    """Name the JPEG written for a source file, without collisions between extensions.
+
+    `cat.jpg` stays `cat.jpg`; any other name gets `.jpg` appended (`cat.png.jpg`),
+    so `cat.png` and `cat.jpg` in one folder cannot overwrite each other.
+    """
+    if source.suffix == ".jpg":
+        return source
+    return source.with_name(source.name + ".jpg")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB, compositing transparency onto white."""
+    if image.mode == "RGB":
+        return image
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def apply_orientation(image: Image.Image) -> Image.Image:
+    """Rotate and flip as the EXIF orientation tag says; leave the image as is if the tag is unusable."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError, TypeError, KeyError, struct.error) as error:
+        log.debug("ignored unusable EXIF data: %s", error)
+        return image
+
+
+def prepare_image(source: Path, target: Path, image_size: int, jpeg_quality: int) -> str | None:
+    """Write `source` as an RGB JPEG of image_size x image_size to `target`.
+
+    Returns None on success, or the reason the file was dropped.
+    """
+    if source.stat().st_size == 0:
+        return EMPTY
+
+    try:
+        with Image.open(source) as image:
+            image.load()  # full decode: raises for truncated and corrupt data
+            image = apply_orientation(image)
+            image = to_rgb(image)
+            image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    except Image.DecompressionBombError:
+        return TOO_LARGE
+    except UnidentifiedImageError:
+        return NOT_AN_IMAGE
+    except (OSError, SyntaxError, ValueError):
+        return CORRUPT
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    image.save(target, format="JPEG", quality=jpeg_quality)
+    return None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class _Job:
+    raw_dir: Path
+    out_dir: Path
+    source: str
+    image_size: int
+    jpeg_quality: int
+
+
+def _run_job(job: _Job) -> Outcome:
+    source_path = job.raw_dir / job.source
+    label = Path(job.source).parts[0]
+    name = output_name(Path(job.source))
+    if any(part.startswith(".") for part in Path(job.source).parts):
+        reason = HIDDEN  # .DS_Store, ._resource forks, files in hidden folders
+    else:
+        reason = prepare_image(source_path, job.out_dir / name, job.image_size, job.jpeg_quality)
+    return Outcome(
+        source=job.source,
+        label=label,
+        sha256=sha256_of(source_path),
+        output=None if reason else name.as_posix(),
+        reason=reason,
+    )
+
+
+def list_sources(raw_dir: Path) -> list[str]:
+    """List every file under `raw_dir/<class>/`, relative to raw_dir, in sorted order."""
+    sources = []
+    for path in sorted(raw_dir.rglob("*")):
+        relative = path.relative_to(raw_dir)
+        if path.is_file() and len(relative.parts) >= 2:
+            sources.append(relative.as_posix())
+    return sources
+
+
+def prepare_all(
+    raw_dir: Path, out_dir: Path, *, image_size: int, jpeg_quality: int, workers: int
+) -> list[Outcome]:
+    """Prepare every raw file on `workers` processes (0: one per CPU core), in sorted order."""
+    from tqdm import tqdm
+
+    sources = list_sources(raw_dir)
+    if not sources:
+        raise StageError(f"{raw_dir} contains no files in class folders; check data.source")
+
+    jobs = [_Job(raw_dir, out_dir, source, image_size, jpeg_quality) for source in sources]
+    processes = workers or os.cpu_count() or 1
+    with ProcessPoolExecutor(max_workers=processes) as pool:
+        results = pool.map(_run_job, jobs, chunksize=16)
+        # Redraw at most every 2 s when stderr is a log file, as under `dvc repro`.
+        interval = 0.1 if sys.stderr.isatty() else 2.0
+        progress = tqdm(results, total=len(jobs), desc="prepare", unit="image", mininterval=interval)
+        return list(progress)
+
+
+def summarize(outcomes: list[Outcome]) -> dict:
+    """Count kept files per class and dropped files per class and reason."""
+    kept: Counter[str] = Counter()
+    dropped: dict[str, Counter[str]] = defaultdict(Counter)
+    for outcome in outcomes:
+        if outcome.reason is None:
+            kept[outcome.label] += 1
+        else:
+            dropped[outcome.label][outcome.reason] += 1
+
+    labels = sorted({outcome.label for outcome in outcomes})
+    return {
+        "kept": {label: kept[label] for label in labels},
+        "dropped": {label: dict(sorted(dropped[label].items())) for label in labels},
+        "total": {
+            "kept": sum(kept.values()),
+            "dropped": sum(sum(reasons.values()) for reasons in dropped.values()),
+        },
+    }

@@ -1,0 +1,58 @@
+"""evaluate: models/model.keras, data/split/test.csv -> metrics/evaluate.json, dvclive/evaluate/.
+
+Scores the fine-tuned model on the test split only and logs the confusion
+matrix for `dvc plots show`.
+"""
+
+import logging
+
+import keras
+import numpy as np
+from dvclive import Live
+
+from imgclf import config
+from imgclf.data import label_ids, make_dataset
+from imgclf.files import write_json_atomic
+from imgclf.manifest import class_names, read_entries
+from imgclf.metrics import classification_metrics
+from imgclf.model import predict_probabilities
+from imgclf.stage import run_stage
+
+log = logging.getLogger("imgclf.stages.evaluate")
+
+
+def main() -> None:
+    params = config.load_params()
+
+    classes = class_names(read_entries(config.split_manifest("train")))
+    test_entries = read_entries(config.split_manifest("test"))
+    test_data = make_dataset(
+        test_entries, classes, image_size=params.data.image_size,
+        batch_size=params.evaluate.batch_size,
+    )
+
+    model = keras.models.load_model(config.FINAL_MODEL)
+    probabilities = predict_probabilities(model, test_data)  # (n_test, n_classes)
+    true_ids = label_ids(test_entries, classes)
+    predicted_ids = np.argmax(probabilities, axis=1)
+
+    metrics = classification_metrics(true_ids, predicted_ids, classes)
+    write_json_atomic(config.METRICS_DIR / "evaluate.json", metrics)
+
+    live = Live(dir=str(config.DVCLIVE_DIR / "evaluate"), dvcyaml=None, save_dvc_exp=False)
+    live.log_sklearn_plot(
+        "confusion_matrix",
+        [classes[i] for i in true_ids],
+        [classes[i] for i in predicted_ids],
+        name="confusion_matrix.json",
+    )
+    live.end()
+
+    log.info(
+        "test accuracy %.4f, macro F1 %.4f on %d images",
+        metrics["accuracy"], metrics["macro"]["f1"], metrics["n_images"],
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,123 @@
+"""The whole pipeline under real DVC, in a temporary git repository, on generated images."""
+
+import json
+import re
+import shutil
+
+import pytest
+
+from conftest import write_class_images
+from helpers import TINY_PARAMS, copy_project, run, set_params
+
+pytestmark = pytest.mark.slow
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '(\w+)'", output))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A committed project whose pipeline has run once on 2 x 16 generated images."""
+    root = tmp_path_factory.mktemp("pipeline")
+    source = write_class_images(root / "images", {"cats": 16, "dogs": 16}, size=40)
+    project = copy_project(root / "project")
+    set_params(project, **TINY_PARAMS, **{"data.source": str(source)})
+
+    run(["git", "init", "-q"], project)
+    run(["dvc", "init", "-q"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "project"], project)
+
+    first = run(["dvc", "repro"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "first run"], project)
+    return {"project": project, "source": source, "first": first.output}
+
+
+def test_first_repro_runs_every_stage(repo):
+    project = repo["project"]
+    assert stages_run(repo["first"]) == {
+        "fetch", "prepare", "split", "train_head", "finetune", "evaluate",
+    }
+    assert (project / "models" / "head.keras").is_file()
+    assert (project / "models" / "model.keras").is_file()
+    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert set(metrics["per_class"]) == {"cats", "dogs"}
+    confusion = project / "dvclive" / "evaluate" / "plots" / "sklearn" / "confusion_matrix.json"
+    assert confusion.is_file()
+    assert (project / "dvclive" / "train_head" / "metrics.json").is_file()
+
+
+def test_second_repro_retrains_nothing(repo):
+    project = repo["project"]
+    head_time = (project / "models" / "head.keras").stat().st_mtime_ns
+
+    result = run(["dvc", "repro"], project)
+
+    # fetch always re-checks its source; finding the same files, nothing downstream runs.
+    assert stages_run(result.output) <= {"fetch"}
+    assert (project / "models" / "head.keras").stat().st_mtime_ns == head_time
+    assert run(["git", "status", "--porcelain"], project).output.strip() == ""
+
+
+def test_finetune_lr_reruns_only_downstream(repo):
+    project = repo["project"]
+    set_params(project, **{"finetune.lr": 0.0003})
+
+    result = run(["dvc", "repro"], project)
+
+    assert stages_run(result.output) - {"fetch"} == {"finetune", "evaluate"}
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "finetune.lr 3e-4"], project)
+
+
+def test_exp_run_listed_by_show_and_diff(repo):
+    project = repo["project"]
+
+    result = run(["dvc", "exp", "run", "-S", "finetune.lr=0.002"], project)
+
+    assert stages_run(result.output) - {"fetch"} == {"finetune", "evaluate"}
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    experiments = [
+        exp for commit in shown for exp in (commit.get("experiments") or [])
+    ]
+    assert experiments, shown
+    params = experiments[0]["revs"][0]["data"]["params"]["params.yaml"]["data"]
+    assert params["finetune"]["lr"] == 0.002
+
+    diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], project).stdout)
+    assert "accuracy" in diff["metrics/evaluate.json"]
+    assert "eval.loss" in diff["dvclive/finetune/metrics.json"]
+
+
+def test_exp_run_typo_fails(repo):
+    project = repo["project"]
+
+    result = run(["dvc", "exp", "run", "-S", "finetune.lrr=0.002"], project, check=False)
+
+    assert result.returncode != 0
+    assert "finetune.lrr" in result.output
+
+
+def test_changed_source_folder_is_seen(repo):
+    project, source = repo["project"], repo["source"]
+    run(["git", "checkout", "--", "."], project)
+    run(["dvc", "checkout", "--force"], project)
+    shutil.copy(source / "cats" / "cats_000.jpg", source / "cats" / "extra.jpg")
+
+    result = run(["dvc", "repro"], project)
+
+    assert {"fetch", "prepare", "split", "train_head"} <= stages_run(result.output)
+    assert "cats/extra.jpg" in (project / "data" / "prepared" / "manifest.csv").read_text()
+
+
+def test_plots_show_renders(repo):
+    project = repo["project"]
+
+    run(["dvc", "plots", "show", "-o", "plots-html"], project)
+
+    html = (project / "plots-html" / "index.html").read_text()
+    assert "confusion_matrix.json" in html
+    assert "train_head" in html

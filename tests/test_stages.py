@@ -1,0 +1,121 @@
+"""Stage scripts run as DVC runs them: a subprocess in the project root."""
+
+import functools
+import http.server
+import shutil
+import threading
+import zipfile
+
+import pytest
+
+from conftest import write_class_images
+from helpers import TINY_PARAMS, copy_project, run_stage, set_params
+
+
+@pytest.fixture
+def project(tmp_path):
+    return copy_project(tmp_path / "project")
+
+
+@pytest.fixture
+def archive_server(tmp_path):
+    """Serve a zip of two classes over HTTP on 127.0.0.1; yields (url, stop)."""
+    served = tmp_path / "served"
+    tree = write_class_images(tmp_path / "tree", {"cats": 3, "dogs": 3})
+    served.mkdir()
+    with zipfile.ZipFile(served / "pets.zip", "w") as bundle:
+        for path in tree.rglob("*.jpg"):
+            bundle.write(path, path.relative_to(tree))
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def stop():
+        server.shutdown()
+        server.server_close()
+
+    yield f"http://127.0.0.1:{server.server_address[1]}/pets.zip", stop
+    if thread.is_alive():
+        stop()
+
+
+def test_fetch_downloads_into_keras_cache(project, tmp_path, archive_server):
+    url, stop = archive_server
+    keras_home = tmp_path / "keras-home"
+    set_params(project, **{"data.source": url})
+
+    first = run_stage(project, "fetch", KERAS_HOME=str(keras_home))
+    assert first.returncode == 0, first.output
+    assert (keras_home / "datasets" / "pets.zip").is_file()
+    assert sorted(p.name for p in (project / "data" / "raw").iterdir()) == ["cats", "dogs"]
+
+    # With the server gone, the cached archive is used: this is how offline runs work.
+    stop()
+    shutil.rmtree(project / "data" / "raw")
+    second = run_stage(project, "fetch", KERAS_HOME=str(keras_home))
+    assert second.returncode == 0, second.output
+    assert len(list((project / "data" / "raw" / "cats").iterdir())) == 3
+
+
+def test_fetch_offline_error_explains_cache(project, tmp_path, archive_server):
+    url, stop = archive_server
+    stop()
+    set_params(project, **{"data.source": url})
+
+    result = run_stage(project, "fetch", KERAS_HOME=str(tmp_path / "empty-home"))
+
+    assert result.returncode == 1
+    assert "download of" in result.output
+    assert "KERAS_HOME" in result.output
+    assert "Traceback" not in result.output
+    assert not (project / "data" / "raw").exists()
+
+
+def test_typo_in_params_stops_stage(project):
+    text = (project / "params.yaml").read_text().replace("  lr: 0.001", "  lrr: 0.001")
+    (project / "params.yaml").write_text(text)
+
+    result = run_stage(project, "fetch")
+
+    assert result.returncode == 1
+    assert "train_head.lrr: unknown key" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_prepare_and_split_outputs(project, tmp_path):
+    source = write_class_images(tmp_path / "images", {"cats": 10, "dogs": 10})
+    whole = (source / "dogs" / "dogs_000.jpg").read_bytes()
+    (source / "dogs" / "broken.jpg").write_bytes(whole[: len(whole) // 2])
+    set_params(project, **TINY_PARAMS, **{"data.source": str(source)})
+
+    for stage in ("fetch", "prepare", "split"):
+        result = run_stage(project, stage)
+        assert result.returncode == 0, result.output
+
+    manifest = (project / "data" / "prepared" / "manifest.csv").read_text().splitlines()
+    assert manifest[0] == "path,label,source,sha256"
+    assert len(manifest) == 21
+    dropped = (project / "data" / "prepared" / "dropped.csv").read_text()
+    assert "dogs/broken.jpg,dogs,corrupt_or_truncated" in dropped
+    for split in ("train", "val", "test"):
+        assert (project / "data" / "split" / f"{split}.csv").is_file()
+    assert (project / "metrics" / "prepare.json").is_file()
+    assert (project / "metrics" / "split.json").is_file()
+    leftovers = [p for p in (project / "data").iterdir() if p.name.endswith(".partial")]
+    assert leftovers == []
+
+
+def test_split_too_small_class_fails_cleanly(project, tmp_path):
+    source = write_class_images(tmp_path / "images", {"cats": 2, "dogs": 10})
+    set_params(project, **TINY_PARAMS, **{"data.source": str(source)})
+    for stage in ("fetch", "prepare"):
+        assert run_stage(project, stage).returncode == 0
+
+    result = run_stage(project, "split")
+
+    assert result.returncode == 1
+    assert "'cats' has 2" in result.output
+    assert "Traceback" not in result.output
+    assert not (project / "data" / "split").exists()
