@@ -52,7 +52,7 @@ def main() -> None:
     summary = summarize(outcomes)
     write_json_atomic(config.METRICS_DIR / "prepare.json", summary)
 
-    log.info("kept %d images: %s", len(kept), summary["kept"])
+    log.info("kept %d images (per class: %s)", len(kept), summary["kept"])
     for row in dropped_rows[:MAX_LOGGED_DROPS]:
         log.warning("dropped %s: %s", row["source"], row["reason"])
     log.info("dropped %d files; the list is in %s", len(dropped), config.DROPPED_LIST)

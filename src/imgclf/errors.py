@@ -2,7 +2,7 @@
 
 
 class StageError(Exception):
-    """A failure whose message says what went wrong, on which value, and what to do next.
+    """A failure whose message states what went wrong, on which value, and what to do next.
 
     Stage scripts print the message without a traceback and exit with status 1.
     """

@@ -1,9 +1,9 @@
 """Fetch a labelled image collection into `<dest>/<class>/<file>`.
 
 A source is an http(s) URL of a .zip or .tar(.gz) archive, a local archive, or
-a local folder. The collection is either one folder per class, or split
-folders (train/, validation/, test/ ...) that each hold one folder per class;
-split folders are merged per class. Wrapper folders with a single child
+a local folder. The collection contains one folder per class, or split folders
+(train/, validation/, test/ ...) with one folder per class in each. Split
+folders are merged per class. Wrapper folders with a single child
 (`cats_and_dogs_filtered/`) are looked through.
 """
 

@@ -66,7 +66,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def apply_orientation(image: Image.Image) -> Image.Image:
-    """Rotate and flip as the EXIF orientation tag says; leave the image as is if the tag is unusable."""
+    """Rotate and flip as the EXIF orientation tag specifies; an unusable tag leaves the image as is."""
     try:
         return ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError, TypeError, KeyError, struct.error) as error:

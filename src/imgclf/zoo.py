@@ -16,10 +16,10 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Backbone:
     constructor: str  # attribute of keras.applications
-    # How raw RGB in [0, 255] becomes the backbone's input, as in that family's
-    # `preprocess_input`: "tf" scales to [-1, 1]; "caffe" flips RGB to BGR and
-    # subtracts the ImageNet channel means; "none" means the backbone rescales
-    # inside itself (EfficientNet).
+    # Mapping from raw RGB in [0, 255] to the backbone's input, as in that
+    # family's `preprocess_input`. "tf" scales to [-1, 1]. "caffe" flips RGB to
+    # BGR and subtracts the ImageNet channel means. "none" leaves the pixels to
+    # the backbone, which rescales inside itself (EfficientNet).
     preprocessing: str
     # Width multipliers with published ImageNet weights; None means the
     # constructor takes no `alpha` and only 1.0 is accepted.
