@@ -39,6 +39,8 @@ def main() -> None:
     metrics = classification_metrics(true_ids, predicted_ids, classes)
     write_json_atomic(config.METRICS_DIR / "evaluate.json", metrics)
 
+    # log_sklearn_plot writes the plot file at once. live.end() is not called
+    # because it would add an empty metrics.json beside the declared outputs.
     live = Live(dir=str(config.DVCLIVE_DIR / "evaluate"), dvcyaml=None, save_dvc_exp=False)
     live.log_sklearn_plot(
         "confusion_matrix",
@@ -46,7 +48,6 @@ def main() -> None:
         [classes[i] for i in predicted_ids],
         name="confusion_matrix.json",
     )
-    live.end()
 
     log.info(
         "test accuracy %.4f, macro F1 %.4f on %d images",

@@ -36,6 +36,8 @@ def test_cats_and_dogs_reaches_97_percent(tmp_path):
     set_params(project, **{"train_head.epochs": 2, "finetune.epochs": 1})
     run(["git", "init", "-q"], project)
     run(["dvc", "init", "-q"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "project"], project)
 
     run(["dvc", "repro"], project)
 

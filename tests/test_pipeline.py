@@ -47,6 +47,7 @@ def test_first_repro_runs_every_stage(repo):
     assert set(metrics["per_class"]) == {"cats", "dogs"}
     confusion = project / "dvclive" / "evaluate" / "plots" / "sklearn" / "confusion_matrix.json"
     assert confusion.is_file()
+    assert not (project / "dvclive" / "evaluate" / "metrics.json").exists()
     assert (project / "dvclive" / "train_head" / "metrics.json").is_file()
 
 
@@ -79,11 +80,11 @@ def test_exp_run_listed_by_show_and_diff(repo):
     result = run(["dvc", "exp", "run", "-S", "finetune.lr=0.002"], project)
 
     assert stages_run(result.output) - {"fetch"} == {"finetune", "evaluate"}
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    exp_table = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     experiments = [
-        exp for commit in shown for exp in (commit.get("experiments") or [])
+        exp for commit in exp_table for exp in (commit.get("experiments") or [])
     ]
-    assert experiments, shown
+    assert experiments, exp_table
     params = experiments[0]["revs"][0]["data"]["params"]["params.yaml"]["data"]
     assert params["finetune"]["lr"] == 0.002
 

@@ -9,7 +9,7 @@ import zipfile
 import pytest
 
 from conftest import write_class_images
-from helpers import TINY_PARAMS, copy_project, run_stage, set_params
+from helpers import TINY_PARAMS, copy_project, run, run_stage, set_params
 
 
 @pytest.fixture
@@ -119,3 +119,18 @@ def test_split_too_small_class_fails_cleanly(project, tmp_path):
     assert "'cats' has 2" in result.output
     assert "Traceback" not in result.output
     assert not (project / "data" / "split").exists()
+
+
+def test_train_head_in_empty_git_repo_explains(project, tmp_path):
+    source = write_class_images(tmp_path / "images", {"cats": 6, "dogs": 6})
+    set_params(project, **TINY_PARAMS, **{"data.source": str(source)})
+    run(["git", "init", "-q"], project)
+    for stage in ("fetch", "prepare", "split"):
+        assert run_stage(project, stage).returncode == 0
+
+    result = run_stage(project, "train_head")
+
+    assert result.returncode == 1
+    assert "no commits yet" in result.output
+    assert "Traceback" not in result.output
+    assert not (project / "models" / "head.keras").exists()

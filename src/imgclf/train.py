@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 from pathlib import Path
 
 import keras
@@ -10,6 +11,8 @@ import numpy as np
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 from sklearn.utils.class_weight import compute_class_weight
+
+from imgclf.errors import StageError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,27 @@ def class_weights(ids: np.ndarray, n_classes: int, mode: str) -> dict[int, float
     return {int(c): float(w) for c, w in zip(classes, weights)}
 
 
+def check_git_has_commits() -> None:
+    """Raise StageError inside a git repository without commits.
+
+    NOTE: DVCLive 3.49 crashes there with "SCMError: Empty git repo" as soon
+    as a Live object is created, so the stage stops earlier with the fix.
+    """
+    try:
+        inside = subprocess.run(
+            ["git", "rev-parse", "--is-inside-work-tree"], capture_output=True, text=True
+        )
+        head = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "HEAD"], capture_output=True)
+    except FileNotFoundError:
+        return  # no git: DVCLive runs without it
+    if inside.stdout.strip() == "true" and head.returncode != 0:
+        raise StageError(
+            "the git repository has no commits yet, and DVCLive needs one to log training; "
+            "commit the project first (git add -A && git commit -m 'Start project'), "
+            "then run dvc repro again"
+        )
+
+
 def fit(
     model: keras.Model,
     train_data,
@@ -64,6 +88,7 @@ def fit(
     DVCLive writes per-epoch metrics to `live_dir/plots/metrics/` and the last
     epoch's values to `live_dir/metrics.json`; dvc.yaml declares both.
     """
+    check_git_has_commits()
     live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False)
     callbacks = [
         keras.callbacks.EarlyStopping(
