@@ -18,7 +18,7 @@ log = logging.getLogger("imgclf.stages.fetch")
 def main() -> None:
     params = config.load_params()
 
-    counts = fetch(params.data.source, config.RAW_DIR)
+    counts = fetch(params.data.source, config.RAW_DIR, sha256=params.data.sha256)
 
     summary = ", ".join(f"{label}: {count}" for label, count in sorted(counts.items()))
     log.info("fetched %d files into %s (%s)", sum(counts.values()), config.RAW_DIR, summary)

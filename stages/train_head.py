@@ -9,7 +9,7 @@ from imgclf import config
 from imgclf.data import label_ids, make_dataset
 from imgclf.files import save_model_atomic
 from imgclf.manifest import class_names, read_entries
-from imgclf.model import build_augmentation, build_classifier
+from imgclf.model import build_augmentation, build_classifier, check_unfreeze
 from imgclf.stage import run_stage
 from imgclf.train import class_weights, compile_classifier, fit, make_optimizer, set_seed
 
@@ -38,6 +38,7 @@ def main() -> None:
     )
 
     model = build_classifier(params.model, image_size=image_size, n_classes=len(classes))
+    check_unfreeze(model, params.finetune.unfreeze)  # fail now, not after training the head
     compile_classifier(model, make_optimizer(settings.optimizer, settings.lr, settings.momentum))
     log.info(
         "training the %s head of %s on %d images of %d classes, validating on %d",

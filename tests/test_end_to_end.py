@@ -1,6 +1,6 @@
 """The default pipeline on the real cats_and_dogs_filtered set with real ImageNet weights.
 
-Runs only when the Keras cache ($KERAS_HOME, default ~/.keras) already holds
+Runs only when the Keras cache ($KERAS_HOME, default ~/.keras) already contains
 the archive and the MobileNetV2 weights, because this test must not download.
 It trains fewer epochs than the defaults to fit in CI.
 """

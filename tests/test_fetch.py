@@ -130,3 +130,59 @@ def test_failure_keeps_previous_output(image_folder, tmp_path):
 
     assert len(files_under(dest)) == 40
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_dangling_symlink_skipped(image_folder, tmp_path):
+    (image_folder / "cats" / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+
+    counts = fetch(str(image_folder), tmp_path / "raw")
+
+    assert counts["cats"] == 20
+    assert not (tmp_path / "raw" / "cats" / "gone.jpg").exists()
+
+
+def test_symlinked_class_folder_skipped(tmp_path):
+    source = write_class_images(tmp_path / "source", {"cats": 2, "dogs": 2})
+    elsewhere = write_class_images(tmp_path / "elsewhere", {"birds": 2})
+    (source / "birds").symlink_to(elsewhere / "birds")
+
+    counts = fetch(str(source), tmp_path / "raw")
+
+    assert set(counts) == {"cats", "dogs"}
+
+
+def test_case_variant_classes_rejected(tmp_path):
+    write_class_images(tmp_path / "source" / "train", {"cats": 2, "dogs": 2})
+    write_class_images(tmp_path / "source" / "test", {"cats": 1, "dogs": 1})
+    (tmp_path / "source" / "test" / "dogs").rename(tmp_path / "source" / "test" / "Dogs")
+
+    with pytest.raises(FetchError, match="'Dogs' and 'dogs' differ only in letter case"):
+        fetch(str(tmp_path / "source"), tmp_path / "raw")
+
+
+def test_empty_class_folder_named(tmp_path):
+    write_class_images(tmp_path / "source", {"cats": 2})
+    (tmp_path / "source" / "dogs").mkdir()
+
+    with pytest.raises(FetchError, match=r"found: cats \(empty folders skipped: dogs\)"):
+        fetch(str(tmp_path / "source"), tmp_path / "raw")
+
+
+def test_empty_class_folder_skipped(tmp_path):
+    write_class_images(tmp_path / "source", {"cats": 2, "dogs": 2})
+    (tmp_path / "source" / "birds").mkdir()
+
+    counts = fetch(str(tmp_path / "source"), tmp_path / "raw")
+
+    assert set(counts) == {"cats", "dogs"}
+    assert not (tmp_path / "raw" / "birds").exists()
+
+
+def test_stale_partial_folder_removed(image_folder, tmp_path):
+    stale = tmp_path / ".raw.abc123.partial"
+    stale.mkdir()
+    (stale / "half.jpg").write_bytes(b"half")
+
+    fetch(str(image_folder), tmp_path / "raw")
+
+    assert not stale.exists()

@@ -48,7 +48,9 @@ def test_first_repro_runs_every_stage(repo):
     confusion = project / "dvclive" / "evaluate" / "plots" / "sklearn" / "confusion_matrix.json"
     assert confusion.is_file()
     assert not (project / "dvclive" / "evaluate" / "metrics.json").exists()
-    assert (project / "dvclive" / "train_head" / "metrics.json").is_file()
+    live_metrics = json.loads((project / "dvclive" / "train_head" / "metrics.json").read_text())
+    assert live_metrics["best_epoch"] in (1, 2)
+    assert "loss" in live_metrics["eval"]
 
 
 def test_second_repro_retrains_nothing(repo):
@@ -114,11 +116,16 @@ def test_changed_source_folder_is_seen(repo):
     assert "cats/extra.jpg" in (project / "data" / "prepared" / "manifest.csv").read_text()
 
 
-def test_plots_show_renders(repo):
+def test_plots_show_renders_each_once(repo):
     project = repo["project"]
 
+    rendered = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)["data"]
     run(["dvc", "plots", "show", "-o", "plots-html"], project)
 
-    html = (project / "plots-html" / "index.html").read_text()
-    assert "confusion_matrix.json" in html
-    assert "train_head" in html
+    confusion = "dvclive/evaluate/plots/sklearn/confusion_matrix.json"
+    assert confusion in rendered
+    assert "Confusion matrix" in json.dumps(rendered[confusion])
+    curves = [name for name in rendered if name.endswith(".tsv")]
+    assert len(curves) == 8  # train/eval x loss/accuracy, for train_head and finetune
+    assert len(rendered) == 9  # each plot once, none also drawn from a stage output
+    assert (project / "plots-html" / "index.html").is_file()

@@ -12,6 +12,7 @@ from imgclf.prepare import (
     HIDDEN,
     NOT_AN_IMAGE,
     output_name,
+    output_names,
     prepare_all,
     prepare_image,
     summarize,
@@ -150,3 +151,51 @@ def test_prepare_all_reports_each_file(tmp_path):
     assert summary["kept"] == {"cats": 3, "dogs": 3}
     assert summary["dropped"]["dogs"] == {HIDDEN: 1, NOT_AN_IMAGE: 1}
     assert summary["total"] == {"kept": 6, "dropped": 3}
+
+
+def test_output_names_resolve_clashes():
+    names = output_names(["cat/x.png", "cat/x.png.jpg", "cat/x.png~2.jpg", "cat/y.jpg"])
+
+    assert names["cat/x.png"] == Path("cat/x.png.jpg")
+    assert names["cat/x.png~2.jpg"] == Path("cat/x.png~2.jpg")
+    # The second claimant of x.png.jpg skips ~2, which another source owns.
+    assert names["cat/x.png.jpg"] == Path("cat/x.png~3.jpg")
+    assert names["cat/y.jpg"] == Path("cat/y.jpg")
+    assert len(set(names.values())) == 4
+
+
+def test_clashing_sources_both_kept(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "cat").mkdir(parents=True)
+    Image.new("RGB", (40, 40), (255, 0, 0)).save(raw / "cat" / "x.png")
+    Image.new("RGB", (40, 40), (0, 0, 255)).save(raw / "cat" / "x.png.jpg", format="JPEG")
+
+    outcomes = prepare_all(raw, tmp_path / "out", image_size=SIZE, jpeg_quality=90, workers=1)
+
+    outputs = {o.source: o.output for o in outcomes}
+    assert len(set(outputs.values())) == 2
+    for source, output in outputs.items():
+        with Image.open(tmp_path / "out" / output) as image:
+            red = np.asarray(image)[..., 0].mean()
+        assert (red > 200) == source.endswith(".png"), source
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_high_bit_depth_scaled_not_clipped(tmp_path, mode):
+    # A horizontal ramp over the full range of the mode: the result must be a ramp too.
+    top = {"I;16": 65535, "I": 65535, "F": 1000.0}[mode]
+    ramp = np.tile(np.linspace(0, top, 64), (64, 1))
+    dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+    source = tmp_path / "a.tif"
+    image = Image.fromarray(ramp.astype(dtype))
+    assert image.mode == mode
+    image.save(source)
+
+    target = tmp_path / "out.jpg"
+    assert prepare_image(source, target, 64, 95) is None
+
+    with Image.open(target) as image:
+        row = np.asarray(image)[32, :, 0].astype(int)
+    assert row[2] < 30
+    assert 100 < row[32] < 160
+    assert row[-3] > 225

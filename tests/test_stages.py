@@ -134,3 +134,31 @@ def test_train_head_in_empty_git_repo_explains(project, tmp_path):
     assert "no commits yet" in result.output
     assert "Traceback" not in result.output
     assert not (project / "models" / "head.keras").exists()
+
+
+def test_missing_weights_offline_explained(project, tmp_path):
+    source = write_class_images(tmp_path / "images", {"cats": 6, "dogs": 6})
+    set_params(project, **{
+        "data.source": str(source),
+        "data.image_size": 96,
+        "model.alpha": 0.35,
+        "train_head.epochs": 1,
+    })
+    run(["git", "init", "-q"], project)
+    run(["git", "commit", "-q", "--allow-empty", "-m", "start"], project)
+    for stage in ("fetch", "prepare", "split"):
+        assert run_stage(project, stage).returncode == 0
+
+    # An empty Keras cache, and a proxy on a closed local port so nothing leaves the machine.
+    offline = {
+        "KERAS_HOME": str(tmp_path / "empty-keras-home"),
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "NO_PROXY": "",
+    }
+    result = run_stage(project, "train_head", **offline)
+
+    assert result.returncode == 1
+    assert "downloading the ImageNet weights of mobilenet_v2 (alpha 0.35, size 96)" in result.output
+    assert "$KERAS_HOME/models/" in result.output
+    assert "Traceback" not in result.output

@@ -50,6 +50,8 @@ class Section(BaseModel):
 
 class DataParams(Section):
     source: Annotated[str, Field(min_length=1)]
+    # Expected SHA-256 of a downloaded archive, or None to accept the cached file.
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None
     image_size: Annotated[int, Field(ge=32, le=1024)]
 
 

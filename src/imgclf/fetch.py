@@ -40,24 +40,25 @@ def is_archive(name: str) -> bool:
     return name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def fetch(source: str, dest: Path) -> Counter[str]:
+def fetch(source: str, dest: Path, sha256: str | None = None) -> Counter[str]:
     """Fetch `source` into `dest` and return the number of files per class.
 
+    `sha256` is the expected hash of a downloaded archive (None: not checked).
     `dest` is replaced only when the whole collection has been copied.
     """
     from imgclf.files import staged_directory
 
     with tempfile.TemporaryDirectory(prefix="imgclf-fetch-") as scratch:
-        root = _materialize(source, Path(scratch))
+        root = _materialize(source, Path(scratch), sha256)
         with staged_directory(dest) as staging:
             counts = merge_classes(root, staging)
     return counts
 
 
-def _materialize(source: str, scratch: Path) -> Path:
+def _materialize(source: str, scratch: Path, sha256: str | None) -> Path:
     """Return a local folder with the source's contents, extracting archives into `scratch`."""
     if is_url(source):
-        archive = _download(source)
+        archive = _download(source, sha256)
         return _extract(archive, scratch)
 
     path = Path(source).expanduser()
@@ -71,12 +72,18 @@ def _materialize(source: str, scratch: Path) -> Path:
             )
         return _extract(path, scratch)
     raise FetchError(
-        f"data.source = {source!r} is neither an http(s) URL nor an existing file or folder"
+        f"data.source = {source!r} ({path.absolute()}) is neither an http(s) URL nor an "
+        "existing file or folder"
     )
 
 
-def _download(url: str) -> Path:
-    """Download `url` through the Keras cache ($KERAS_HOME/datasets), reusing a cached copy."""
+def _download(url: str, sha256: str | None) -> Path:
+    """Download `url` through the Keras cache ($KERAS_HOME/datasets), reusing a cached copy.
+
+    Keras keys the cache by file name alone, so two URLs ending in the same name
+    share one cached archive. With `sha256`, a cached file with another hash is
+    downloaded again.
+    """
     import keras
 
     name = Path(urlparse(url).path).name
@@ -86,12 +93,23 @@ def _download(url: str) -> Path:
             "only archives can be downloaded"
         )
     try:
-        return Path(keras.utils.get_file(fname=name, origin=url, cache_subdir="datasets"))
+        archive = Path(
+            keras.utils.get_file(
+                fname=name, origin=url, cache_subdir="datasets", file_hash=sha256,
+                hash_algorithm="sha256",
+            )
+        )
     except Exception as error:  # get_file raises bare Exception for HTTP and URL errors
         raise FetchError(
             f"download of {url} failed: {error}. Offline, put {name} into "
             "$KERAS_HOME/datasets/ (default ~/.keras/datasets/) and run again"
         ) from error
+    if sha256 is None:
+        log.info(
+            "using %s; it is reused for every URL ending in %s, so set data.sha256 to detect "
+            "a different archive", archive, name,
+        )
+    return archive
 
 
 def _extract(archive: Path, scratch: Path) -> Path:
@@ -117,7 +135,16 @@ def _visible(path: Path) -> bool:
 
 
 def _subfolders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and _visible(p))
+    """List visible subfolders; symlinked folders are skipped with a warning."""
+    folders = []
+    for path in sorted(folder.iterdir()):
+        if not path.is_dir() or not _visible(path):
+            continue
+        if path.is_symlink():
+            log.warning("skipped %s: symlinked folders are not followed", path)
+            continue
+        folders.append(path)
+    return folders
 
 
 def find_collection_root(folder: Path) -> Path:
@@ -139,7 +166,9 @@ def class_folders(root: Path) -> dict[str, list[Path]]:
     splits = [child for child in children if child.name.lower() in SPLIT_FOLDER_NAMES]
 
     if not splits:
-        return {child.name: [child] for child in children}
+        classes = {child.name: [child] for child in children}
+        _reject_case_variants(classes)
+        return classes
 
     others = [child.name for child in children if child not in splits]
     if others:
@@ -151,17 +180,37 @@ def class_folders(root: Path) -> dict[str, list[Path]]:
     for split in splits:
         for child in _subfolders(split):
             classes.setdefault(child.name, []).append(child)
+    _reject_case_variants(classes)
     return classes
+
+
+def _reject_case_variants(classes: dict[str, list[Path]]) -> None:
+    by_folded: dict[str, list[str]] = {}
+    for name in classes:
+        by_folded.setdefault(name.casefold(), []).append(name)
+    variants = [names for names in by_folded.values() if len(names) > 1]
+    if variants:
+        listed = "; ".join(" and ".join(repr(name) for name in names) for names in variants)
+        raise FetchError(
+            f"class folders {listed} differ only in letter case; rename them to one "
+            "spelling so they form one class"
+        )
 
 
 def merge_classes(source_root: Path, dest: Path) -> Counter[str]:
     """Copy every file of every class folder into `dest/<class>/`, keeping sub-paths."""
     root = find_collection_root(source_root)
     classes = class_folders(root)
+    empty = sorted(label for label, folders in classes.items() if not _has_files(folders))
+    for label in empty:
+        log.warning("skipped class folder %r: it contains no files", label)
+        del classes[label]
     if len(classes) < 2:
         found = ", ".join(classes) or "none"
+        skipped = f" (empty folders skipped: {', '.join(empty)})" if empty else ""
         raise FetchError(
-            f"{root} must contain one folder per class and at least 2 classes; found: {found}"
+            f"{root} must contain one folder per class and at least 2 classes with files; "
+            f"found: {found}{skipped}"
         )
 
     loose = [p.name for p in root.iterdir() if p.is_file() and _visible(p)]
@@ -173,6 +222,9 @@ def merge_classes(source_root: Path, dest: Path) -> Counter[str]:
     for label, folders in sorted(classes.items()):
         for folder in folders:
             for path in sorted(folder.rglob("*")):
+                if path.is_symlink() and not path.exists():
+                    log.warning("skipped %s: the symlink target does not exist", path)
+                    continue
                 if path.is_dir():
                     continue
                 if path.is_symlink() and not _resolves_inside(path, folder):
@@ -182,9 +234,11 @@ def merge_classes(source_root: Path, dest: Path) -> Counter[str]:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, target)
                 counts[label] += 1
-        if counts[label] == 0:
-            log.warning("class folder %r is empty", label)
     return counts
+
+
+def _has_files(folders: list[Path]) -> bool:
+    return any(path.is_file() for folder in folders for path in folder.rglob("*"))
 
 
 def _resolves_inside(link: Path, folder: Path) -> bool:

@@ -48,6 +48,9 @@ def staged_directory(final: Path) -> Iterator[Path]:
     atomic) and ends in `.partial`, which .gitignore and later stages never read.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
+    # A process killed with SIGKILL cannot clean up; remove what such a run left.
+    for stale in final.parent.glob(f".{final.name}.*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
     try:
         yield staging

@@ -92,11 +92,8 @@ def find_backbone(model: keras.Model) -> keras.Model:
     return nested[0]
 
 
-def unfreeze_top(model: keras.Model, n_layers: int) -> list[str]:
-    """Make the top `n_layers` backbone layers trainable, except BatchNormalization.
-
-    Returns the names of the layers that became trainable.
-    """
+def check_unfreeze(model: keras.Model, n_layers: int) -> None:
+    """Raise StageError unless the backbone has at least `n_layers` layers."""
     backbone = find_backbone(model)
     total = len(backbone.layers)
     if not 1 <= n_layers <= total:
@@ -104,6 +101,18 @@ def unfreeze_top(model: keras.Model, n_layers: int) -> list[str]:
             f"finetune.unfreeze = {n_layers}: the backbone {backbone.name!r} has {total} layers; "
             f"choose a value from 1 to {total}"
         )
+
+
+def unfreeze_top(model: keras.Model, n_layers: int) -> list[str]:
+    """Make the top `n_layers` backbone layers trainable, except BatchNormalization.
+
+    Every Keras layer counts (convolutions, activations, padding), as in
+    `backbone.layers[-n_layers:]`. Returns the names of the layers with weights
+    that became trainable.
+    """
+    check_unfreeze(model, n_layers)
+    backbone = find_backbone(model)
+    total = len(backbone.layers)
 
     backbone.trainable = True
     unfrozen = []

@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imgclf.errors import StageError
@@ -41,20 +42,57 @@ class Outcome:
 
 
 def output_name(source: Path) -> Path:
-    """Name the JPEG written for a source file, without collisions between extensions.
+    """Name the JPEG written for a source file: `cat.jpg` stays, `cat.png` becomes `cat.png.jpg`.
 
-    `cat.jpg` stays `cat.jpg`; any other name gets `.jpg` appended (`cat.png.jpg`),
-    so `cat.png` and `cat.jpg` in one folder cannot overwrite each other.
+    Two sources can still map to one name (`x.png` and `x.png.jpg`);
+    `output_names` resolves those.
     """
     if source.suffix == ".jpg":
         return source
     return source.with_name(source.name + ".jpg")
 
 
+def output_names(sources: list[str]) -> dict[str, Path]:
+    """Map each source to a distinct output name; later duplicates get `~2`, `~3` ... before `.jpg`.
+
+    A renamed file never takes the natural name of another source.
+    """
+    natural = {source: output_name(Path(source)) for source in sources}
+    reserved = set(natural.values())
+    used: set[Path] = set()
+    assigned: dict[str, Path] = {}
+    for source in sources:
+        name = natural[source]
+        counter = 2
+        while name in used or (name != natural[source] and name in reserved):
+            name = natural[source].with_name(f"{natural[source].stem}~{counter}.jpg")
+            counter += 1
+        assigned[source] = name
+        used.add(name)
+    return assigned
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """Scale 16-bit, 32-bit integer and float grayscale to 8-bit "L".
+
+    Pillow's own convert() clips these modes at 255 instead of scaling, which
+    turns most 16-bit photos white. 16-bit images are scaled by their full range
+    (65535); 32-bit ones by their maximum when it exceeds 255.
+    """
+    pixels = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16"):
+        pixels = pixels / 257.0
+    elif pixels.max(initial=0) > 255:
+        pixels = pixels * (255.0 / pixels.max())
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L")
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to RGB, compositing transparency onto white."""
     if image.mode == "RGB":
         return image
+    if image.mode.startswith("I") or image.mode == "F":
+        return to_8bit(image).convert("RGB")
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (
         image.mode == "P" and "transparency" in image.info
     )
@@ -113,6 +151,7 @@ class _Job:
     raw_dir: Path
     out_dir: Path
     source: str
+    output: Path
     image_size: int
     jpeg_quality: int
 
@@ -120,7 +159,7 @@ class _Job:
 def _run_job(job: _Job) -> Outcome:
     source_path = job.raw_dir / job.source
     label = Path(job.source).parts[0]
-    name = output_name(Path(job.source))
+    name = job.output
     if any(part.startswith(".") for part in Path(job.source).parts):
         reason = HIDDEN  # .DS_Store, ._resource forks, files in hidden folders
     else:
@@ -154,7 +193,11 @@ def prepare_all(
     if not sources:
         raise StageError(f"{raw_dir} contains no files in class folders; check data.source")
 
-    jobs = [_Job(raw_dir, out_dir, source, image_size, jpeg_quality) for source in sources]
+    names = output_names(sources)
+    jobs = [
+        _Job(raw_dir, out_dir, source, names[source], image_size, jpeg_quality)
+        for source in sources
+    ]
     processes = workers or os.cpu_count() or 1
     with ProcessPoolExecutor(max_workers=processes) as pool:
         results = pool.map(_run_job, jobs, chunksize=16)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -21,9 +22,17 @@ def setup_logging() -> None:
     )
 
 
+def _exit_on_sigterm(signum, frame):
+    log.error("stopped by SIGTERM; partial outputs are being removed")
+    sys.exit(128 + signum)
+
+
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main(); an expected failure becomes one log line and exit status 1."""
     setup_logging()
+    # SIGTERM (timeout, kill, a CI runner) raises SystemExit like Ctrl-C raises
+    # KeyboardInterrupt, so partial outputs are removed on the way out.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         main()
     except StageError as error:

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
+from dvclive.utils import standardize_metric_name
 from sklearn.utils.class_weight import compute_class_weight
 
 from imgclf.errors import StageError
@@ -62,7 +63,9 @@ def check_git_has_commits() -> None:
         inside = subprocess.run(
             ["git", "rev-parse", "--is-inside-work-tree"], capture_output=True, text=True
         )
-        head = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "HEAD"], capture_output=True)
+        head = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", "HEAD"], capture_output=True
+        )
     except FileNotFoundError:
         return  # no git: DVCLive runs without it
     if inside.stdout.strip() == "true" and head.returncode != 0:
@@ -85,8 +88,9 @@ def fit(
 ) -> keras.callbacks.History:
     """Fit with early stopping on val_loss, keeping the best epoch's weights.
 
-    DVCLive writes per-epoch metrics to `live_dir/plots/metrics/` and the last
-    epoch's values to `live_dir/metrics.json`; dvc.yaml declares both.
+    DVCLive writes per-epoch metrics to `live_dir/plots/metrics/`. Its
+    `live_dir/metrics.json` is rewritten at the end with the best epoch's
+    values, which are the ones the returned model has.
     """
     check_git_has_commits()
     live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False)
@@ -107,6 +111,10 @@ def fit(
     )
 
     best = int(np.argmin(history.history["val_loss"]))
+    for name, values in history.history.items():
+        live.log_metric(standardize_metric_name(name, "dvclive.keras"), values[best], plot=False)
+    live.summary["best_epoch"] = best + 1
+    live.make_summary()
     log.info(
         "best epoch %d of %d: val_loss %.4f, val_accuracy %.4f",
         best + 1,

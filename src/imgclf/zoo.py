@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from imgclf.errors import StageError
+
 if TYPE_CHECKING:
     import keras
 
@@ -101,4 +103,14 @@ def build_backbone(name: str, *, image_size: int, alpha: float, weights: str) ->
         kwargs["alpha"] = alpha
 
     constructor = getattr(keras.applications, backbone.constructor)
-    return constructor(**kwargs)
+    try:
+        return constructor(**kwargs)
+    except Exception as error:
+        # keras.utils.get_file raises a bare Exception for HTTP and URL errors.
+        if weights == "none" or "URL fetch failure" not in str(error):
+            raise
+        raise StageError(
+            f"downloading the ImageNet weights of {name} (alpha {alpha:g}, size {image_size}) "
+            f"failed: {error}. Offline, put that file into $KERAS_HOME/models/ (default "
+            "~/.keras/models/), or set model.weights to none"
+        ) from error
