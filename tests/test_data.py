@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import write_class_images
 from imgclf.data import label_ids, make_dataset
@@ -52,7 +53,7 @@ def test_shuffle_changes_order_each_epoch(tmp_path):
 
 def test_wrong_image_size_fails(tmp_path):
     entries = entries_for(write_class_images(tmp_path, {"cats": 1, "dogs": 1}, size=40))
-    with pytest.raises(Exception, match="40"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="40"):
         list(make_dataset(entries, ["cats", "dogs"], image_size=32, batch_size=2))
 
 

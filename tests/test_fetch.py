@@ -124,9 +124,11 @@ def test_damaged_archive_rejected(tmp_path):
 def test_failure_keeps_previous_output(image_folder, tmp_path):
     dest = tmp_path / "raw"
     fetch(str(image_folder), dest)
+    # One class only: merge_classes fails while the new copy is being staged.
+    write_class_images(tmp_path / "one-class", {"cats": 3})
 
-    with pytest.raises(FetchError):
-        fetch(str(tmp_path / "nowhere"), dest)
+    with pytest.raises(FetchError, match="at least 2 classes"):
+        fetch(str(tmp_path / "one-class"), dest)
 
     assert len(files_under(dest)) == 40
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
@@ -186,3 +188,18 @@ def test_stale_partial_folder_removed(image_folder, tmp_path):
     fetch(str(image_folder), tmp_path / "raw")
 
     assert not stale.exists()
+
+
+def test_corrupt_compressed_zip_rejected(image_folder, tmp_path):
+    archive = tmp_path / "pets.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+        for path in sorted(image_folder.rglob("*.jpg")):
+            bundle.write(path, path.relative_to(image_folder))
+    data = bytearray(archive.read_bytes())
+    # Overwrite the middle of the first member's compressed data, past its header.
+    for offset in range(200, 400):
+        data[offset] ^= 0xFF
+    archive.write_bytes(bytes(data))
+
+    with pytest.raises(FetchError, match="damaged or not an archive"):
+        fetch(str(archive), tmp_path / "raw")

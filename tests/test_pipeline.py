@@ -43,8 +43,10 @@ def test_first_repro_runs_every_stage(repo):
     assert (project / "models" / "head.keras").is_file()
     assert (project / "models" / "model.keras").is_file()
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
-    assert 0.0 <= metrics["accuracy"] <= 1.0
+    split = json.loads((project / "metrics" / "split.json").read_text())
+    assert metrics["n_images"] == split["test"]["total"]
     assert set(metrics["per_class"]) == {"cats", "dogs"}
+    assert sum(c["support"] for c in metrics["per_class"].values()) == metrics["n_images"]
     confusion = project / "dvclive" / "evaluate" / "plots" / "sklearn" / "confusion_matrix.json"
     assert confusion.is_file()
     assert not (project / "dvclive" / "evaluate" / "metrics.json").exists()
@@ -98,10 +100,15 @@ def test_exp_run_listed_by_show_and_diff(repo):
 def test_exp_run_typo_fails(repo):
     project = repo["project"]
 
-    result = run(["dvc", "exp", "run", "-S", "finetune.lrr=0.002"], project, check=False)
+    # DVC rejects a key that params.yaml lacks; with "+" it adds it, and imgclf rejects it.
+    rejected_by_dvc = run(["dvc", "exp", "run", "-S", "finetune.lrr=0.002"], project, check=False)
+    added = run(["dvc", "exp", "run", "-S", "+finetune.lrr=0.002"], project, check=False)
+    run(["git", "checkout", "--", "params.yaml"], project)
 
-    assert result.returncode != 0
-    assert "finetune.lrr" in result.output
+    assert rejected_by_dvc.returncode != 0
+    assert "finetune.lrr" in rejected_by_dvc.output
+    assert added.returncode != 0
+    assert "finetune.lrr: unknown key" in added.output
 
 
 def test_changed_source_folder_is_seen(repo):

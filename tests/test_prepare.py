@@ -93,6 +93,17 @@ def test_invalid_exif_orientation_left_as_is(tmp_path):
     assert reason is None
 
 
+def test_garbage_exif_left_as_is(tmp_path):
+    source = tmp_path / "garbage.jpg"
+    Image.new("RGB", (40, 20), (0, 0, 255)).save(source, exif=b"Exif\x00\x00MM\x00*garbage")
+
+    reason, target = prepare_one(tmp_path, source)
+
+    assert reason is None
+    with Image.open(target) as image:
+        assert image.size == (SIZE, SIZE)
+
+
 def test_empty_file_dropped(tmp_path):
     source = tmp_path / "empty.jpg"
     source.touch()
@@ -118,7 +129,7 @@ def test_truncated_jpeg_dropped(tmp_path):
     assert not target.exists()
 
 
-def test_output_names_never_collide():
+def test_output_name_appends_jpg():
     assert output_name(Path("cats/a.jpg")) == Path("cats/a.jpg")
     assert output_name(Path("cats/a.png")) == Path("cats/a.png.jpg")
     assert output_name(Path("cats/a.JPG")) == Path("cats/a.JPG.jpg")

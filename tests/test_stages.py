@@ -2,6 +2,7 @@
 
 import functools
 import http.server
+import json
 import shutil
 import threading
 import zipfile
@@ -161,4 +162,37 @@ def test_missing_weights_offline_explained(project, tmp_path):
     assert result.returncode == 1
     assert "downloading the ImageNet weights of mobilenet_v2 (alpha 0.35, size 96)" in result.output
     assert "$KERAS_HOME/models/" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_sigmoid_head_balanced_weights_run(project, tmp_path):
+    source = write_class_images(tmp_path / "images", {"cats": 12, "dogs": 6})
+    set_params(project, **TINY_PARAMS, **{
+        "data.source": str(source),
+        "model.head": "sigmoid",
+        "train_head.class_weight": "balanced",
+        "train_head.optimizer": "sgd",
+    })
+    run(["git", "init", "-q"], project)
+    run(["git", "commit", "-q", "--allow-empty", "-m", "start"], project)
+
+    for stage in ("fetch", "prepare", "split", "train_head", "finetune", "evaluate"):
+        result = run_stage(project, stage)
+        assert result.returncode == 0, result.output
+
+    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert set(metrics["per_class"]) == {"cats", "dogs"}
+    assert metrics["n_images"] == 3  # round(0.15 * 12) cats + max(1, round(0.15 * 6)) dogs
+    model_file = project / "models" / "model.keras"
+    assert model_file.is_file()
+
+
+def test_fetch_hash_mismatch_explained(project, tmp_path, archive_server):
+    url, _ = archive_server
+    set_params(project, **{"data.source": url, "data.sha256": "0" * 64})
+
+    result = run_stage(project, "fetch", KERAS_HOME=str(tmp_path / "keras-home"))
+
+    assert result.returncode == 1
+    assert "does not match data.sha256" in result.output
     assert "Traceback" not in result.output

@@ -14,6 +14,7 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections import Counter
 from pathlib import Path
 from urllib.parse import urlparse
@@ -99,6 +100,12 @@ def _download(url: str, sha256: str | None) -> Path:
                 hash_algorithm="sha256",
             )
         )
+    except ValueError as error:
+        # get_file raises ValueError when the downloaded file fails the hash check.
+        raise FetchError(
+            f"the archive downloaded from {url} does not match data.sha256 = {sha256}: "
+            f"{error}. Check the hash, or set data.sha256 to null to accept any archive"
+        ) from error
     except Exception as error:  # get_file raises bare Exception for HTTP and URL errors
         raise FetchError(
             f"download of {url} failed: {error}. Offline, put {name} into "
@@ -125,7 +132,12 @@ def _extract(archive: Path, scratch: Path) -> Path:
             # The "data" filter rejects links and paths that leave the target.
             with tarfile.open(archive) as bundle:
                 bundle.extractall(target, filter="data")
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as error:
+    except tarfile.FilterError as error:
+        raise FetchError(
+            f"archive {archive} contains an unsafe member (a link or a path outside the "
+            f"archive): {error}; repack it without that member"
+        ) from error
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as error:
         raise FetchError(f"archive {archive} is damaged or not an archive: {error}") from error
     return target
 

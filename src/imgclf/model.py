@@ -1,7 +1,7 @@
 """The classifier: raw RGB -> backbone preprocessing -> frozen ImageNet backbone -> new head.
 
-The model takes float RGB in [0, 255] of shape (batch, size, size, 3), so a
-caller cannot feed it wrongly scaled pixels. Saved models need this module
+The model takes float RGB in [0, 255] of shape (batch, size, size, 3) and
+scales it itself, so callers never apply a backbone's preprocess_input. Saved models need this module
 imported before `keras.models.load_model`, because `Preprocess` is a custom
 layer registered here.
 """
@@ -126,18 +126,24 @@ def unfreeze_top(model: keras.Model, n_layers: int) -> list[str]:
 
 
 def build_augmentation(params: AugmentParams, seed: int) -> keras.Sequential | None:
-    """Build the training-only augmentation for raw RGB in [0, 255], or None if all are off."""
+    """Build the training-only augmentation for raw RGB in [0, 255], or None if all are off.
+
+    Each layer gets its own seed: with one shared seed the layers draw the same
+    random numbers, so, for example, every flipped image would also be darkened.
+    """
     steps: list[layers.Layer] = []
     if params.flip != "none":
         steps.append(layers.RandomFlip(params.flip, seed=seed))
     if params.rotation > 0:
-        steps.append(layers.RandomRotation(params.rotation, seed=seed))
+        steps.append(layers.RandomRotation(params.rotation, seed=seed + 1))
     if params.zoom > 0:
-        steps.append(layers.RandomZoom(params.zoom, seed=seed))
+        steps.append(layers.RandomZoom(params.zoom, seed=seed + 2))
     if params.brightness > 0:
-        steps.append(layers.RandomBrightness(params.brightness, value_range=(0, 255), seed=seed))
+        steps.append(
+            layers.RandomBrightness(params.brightness, value_range=(0, 255), seed=seed + 3)
+        )
     if params.contrast > 0:
-        steps.append(layers.RandomContrast(params.contrast, value_range=(0, 255), seed=seed))
+        steps.append(layers.RandomContrast(params.contrast, value_range=(0, 255), seed=seed + 4))
 
     if not steps:
         return None

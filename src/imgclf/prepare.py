@@ -186,7 +186,7 @@ def list_sources(raw_dir: Path) -> list[str]:
 def prepare_all(
     raw_dir: Path, out_dir: Path, *, image_size: int, jpeg_quality: int, workers: int
 ) -> list[Outcome]:
-    """Prepare every raw file on `workers` processes (0: one per CPU core), in sorted order."""
+    """Prepare every raw file on `workers` processes (0: one per usable CPU core), in sorted order."""
     from tqdm import tqdm
 
     sources = list_sources(raw_dir)
@@ -198,13 +198,20 @@ def prepare_all(
         _Job(raw_dir, out_dir, source, names[source], image_size, jpeg_quality)
         for source in sources
     ]
-    processes = workers or os.cpu_count() or 1
+    processes = workers or usable_cpu_count()
     with ProcessPoolExecutor(max_workers=processes) as pool:
         results = pool.map(_run_job, jobs, chunksize=16)
         # Redraw at most every 2 s when stderr is a log file, as under `dvc repro`.
         interval = 0.1 if sys.stderr.isatty() else 2.0
         progress = tqdm(results, total=len(jobs), desc="prepare", unit="image", mininterval=interval)
         return list(progress)
+
+
+def usable_cpu_count() -> int:
+    """Count the CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def summarize(outcomes: list[Outcome]) -> dict:

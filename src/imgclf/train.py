@@ -110,7 +110,12 @@ def fit(
         verbose=2,
     )
 
-    best = int(np.argmin(history.history["val_loss"]))
+    val_loss = np.asarray(history.history["val_loss"], dtype=np.float64)
+    if np.isnan(val_loss).all():
+        raise StageError(
+            "val_loss was NaN in every epoch, so training diverged; lower the learning rate"
+        )
+    best = int(np.nanargmin(val_loss))  # EarlyStopping also skips NaN epochs
     for name, values in history.history.items():
         live.log_metric(standardize_metric_name(name, "dvclive.keras"), values[best], plot=False)
     live.summary["best_epoch"] = best + 1
