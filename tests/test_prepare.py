@@ -93,6 +93,7 @@ def test_invalid_exif_orientation_left_as_is(tmp_path):
     assert reason is None
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")
 def test_garbage_exif_left_as_is(tmp_path):
     source = tmp_path / "garbage.jpg"
     Image.new("RGB", (40, 20), (0, 0, 255)).save(source, exif=b"Exif\x00\x00MM\x00*garbage")
