@@ -42,6 +42,19 @@ def archive_server(tmp_path):
         stop()
 
 
+def run_stages(project, stages, **env):
+    """Run stages in order, failing the test with the output of the first that fails."""
+    for stage in stages:
+        result = run_stage(project, stage, **env)
+        assert result.returncode == 0, f"{stage}:\n{result.output}"
+
+
+def init_git(project, *, commit: bool) -> None:
+    run(["git", "init", "-q"], project)
+    if commit:
+        run(["git", "commit", "-q", "--allow-empty", "-m", "start"], project)
+
+
 def test_fetch_downloads_into_keras_cache(project, tmp_path, archive_server):
     url, stop = archive_server
     keras_home = tmp_path / "keras-home"
@@ -91,9 +104,7 @@ def test_prepare_and_split_outputs(project, tmp_path):
     (source / "dogs" / "broken.jpg").write_bytes(whole[: len(whole) // 2])
     set_params(project, **TINY_PARAMS, **{"data.source": str(source)})
 
-    for stage in ("fetch", "prepare", "split"):
-        result = run_stage(project, stage)
-        assert result.returncode == 0, result.output
+    run_stages(project, ["fetch", "prepare", "split"])
 
     manifest = (project / "data" / "prepared" / "manifest.csv").read_text().splitlines()
     assert manifest[0] == "path,label,source,sha256"
@@ -111,8 +122,7 @@ def test_prepare_and_split_outputs(project, tmp_path):
 def test_split_too_small_class_fails_cleanly(project, tmp_path):
     source = write_class_images(tmp_path / "images", {"cats": 2, "dogs": 10})
     set_params(project, **TINY_PARAMS, **{"data.source": str(source)})
-    for stage in ("fetch", "prepare"):
-        assert run_stage(project, stage).returncode == 0
+    run_stages(project, ["fetch", "prepare"])
 
     result = run_stage(project, "split")
 
@@ -125,9 +135,8 @@ def test_split_too_small_class_fails_cleanly(project, tmp_path):
 def test_train_head_in_empty_git_repo_explains(project, tmp_path):
     source = write_class_images(tmp_path / "images", {"cats": 6, "dogs": 6})
     set_params(project, **TINY_PARAMS, **{"data.source": str(source)})
-    run(["git", "init", "-q"], project)
-    for stage in ("fetch", "prepare", "split"):
-        assert run_stage(project, stage).returncode == 0
+    init_git(project, commit=False)
+    run_stages(project, ["fetch", "prepare", "split"])
 
     result = run_stage(project, "train_head")
 
@@ -145,10 +154,8 @@ def test_missing_weights_offline_explained(project, tmp_path):
         "model.alpha": 0.35,
         "train_head.epochs": 1,
     })
-    run(["git", "init", "-q"], project)
-    run(["git", "commit", "-q", "--allow-empty", "-m", "start"], project)
-    for stage in ("fetch", "prepare", "split"):
-        assert run_stage(project, stage).returncode == 0
+    init_git(project, commit=True)
+    run_stages(project, ["fetch", "prepare", "split"])
 
     # An empty Keras cache, and a proxy on a closed local port so nothing leaves the machine.
     offline = {
@@ -173,12 +180,9 @@ def test_sigmoid_head_balanced_weights_run(project, tmp_path):
         "train_head.class_weight": "balanced",
         "train_head.optimizer": "sgd",
     })
-    run(["git", "init", "-q"], project)
-    run(["git", "commit", "-q", "--allow-empty", "-m", "start"], project)
+    init_git(project, commit=True)
 
-    for stage in ("fetch", "prepare", "split", "train_head", "finetune", "evaluate"):
-        result = run_stage(project, stage)
-        assert result.returncode == 0, result.output
+    run_stages(project, ["fetch", "prepare", "split", "train_head", "finetune", "evaluate"])
 
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert set(metrics["per_class"]) == {"cats", "dogs"}
