@@ -28,8 +28,8 @@ def main() -> None:
             jpeg_quality=params.prepare.jpeg_quality,
             workers=params.prepare.workers,
         )
-        kept = [o for o in outcomes if o.reason is None]
-        dropped = [o for o in outcomes if o.reason is not None]
+        kept_outcomes = [o for o in outcomes if o.reason is None]
+        dropped_outcomes = [o for o in outcomes if o.reason is not None]
 
         manifest_rows = [
             {
@@ -38,13 +38,15 @@ def main() -> None:
                 "source": o.source,
                 "sha256": o.sha256,
             }
-            for o in kept
+            for o in kept_outcomes
         ]
         write_csv_atomic(
             staging / config.PREPARED_MANIFEST.name, ["path", "label", "source", "sha256"],
             manifest_rows,
         )
-        dropped_rows = [{"source": o.source, "label": o.label, "reason": o.reason} for o in dropped]
+        dropped_rows = [
+            {"source": o.source, "label": o.label, "reason": o.reason} for o in dropped_outcomes
+        ]
         write_csv_atomic(
             staging / config.DROPPED_LIST.name, ["source", "label", "reason"], dropped_rows
         )
@@ -52,10 +54,12 @@ def main() -> None:
     summary = summarize(outcomes)
     write_json_atomic(config.METRICS_DIR / "prepare.json", summary)
 
-    log.info("kept %d images (per class: %s)", len(kept), summary["kept"])
+    log.info("kept %d images (per class: %s)", len(kept_outcomes), summary["kept"])
     for row in dropped_rows[:MAX_LOGGED_DROPS]:
         log.warning("dropped %s: %s", row["source"], row["reason"])
-    log.info("dropped %d files; the list is in %s", len(dropped), config.DROPPED_LIST)
+    log.info(
+        "dropped %d files; the list is in %s", len(dropped_outcomes), config.DROPPED_LIST
+    )
 
 
 if __name__ == "__main__":

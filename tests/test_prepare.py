@@ -151,8 +151,8 @@ def test_prepare_all_reports_each_file(tmp_path):
     assert reasons["dogs/readme.txt"] == NOT_AN_IMAGE
     assert reasons["cats/cats_000.jpg"] is None
 
-    kept = [o for o in outcomes if o.reason is None]
-    assert all((tmp_path / "out" / o.output).is_file() for o in kept)
+    kept_outcomes = [o for o in outcomes if o.reason is None]
+    assert all((tmp_path / "out" / o.output).is_file() for o in kept_outcomes)
     first = next(o for o in outcomes if o.source == "cats/cats_000.jpg")
     assert first.sha256 == hashlib.sha256(before[raw / "cats" / "cats_000.jpg"]).hexdigest()
 

@@ -216,20 +216,20 @@ def usable_cpu_count() -> int:
 
 def summarize(outcomes: list[Outcome]) -> dict:
     """Count kept files per class and dropped files per class and reason."""
-    kept: Counter[str] = Counter()
+    kept_per_class: Counter[str] = Counter()
     dropped: dict[str, Counter[str]] = defaultdict(Counter)
     for outcome in outcomes:
         if outcome.reason is None:
-            kept[outcome.label] += 1
+            kept_per_class[outcome.label] += 1
         else:
             dropped[outcome.label][outcome.reason] += 1
 
     labels = sorted({outcome.label for outcome in outcomes})
     return {
-        "kept": {label: kept[label] for label in labels},
+        "kept": {label: kept_per_class[label] for label in labels},
         "dropped": {label: dict(sorted(dropped[label].items())) for label in labels},
         "total": {
-            "kept": sum(kept.values()),
+            "kept": sum(kept_per_class.values()),
             "dropped": sum(sum(reasons.values()) for reasons in dropped.values()),
         },
     }
