@@ -112,6 +112,17 @@ def apply_orientation(image: Image.Image) -> Image.Image:
         return image
 
 
+def to_model_image(image: Image.Image, image_size: int) -> Image.Image:
+    """Turn a decoded image into the model's input: oriented, RGB, image_size x image_size.
+
+    prepare uses this for the training data, and prediction for new images, so
+    both see the same conversion.
+    """
+    image = apply_orientation(image)
+    image = to_rgb(image)
+    return image.resize((image_size, image_size), Image.Resampling.BICUBIC)
+
+
 def prepare_image(source: Path, target: Path, image_size: int, jpeg_quality: int) -> str | None:
     """Write `source` as an RGB JPEG of image_size x image_size to `target`.
 
@@ -123,9 +134,7 @@ def prepare_image(source: Path, target: Path, image_size: int, jpeg_quality: int
     try:
         with Image.open(source) as image:
             image.load()  # full decode: raises for truncated and corrupt data
-            image = apply_orientation(image)
-            image = to_rgb(image)
-            image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
+            image = to_model_image(image, image_size)
     except Image.DecompressionBombError:
         return TOO_LARGE
     except UnidentifiedImageError:
