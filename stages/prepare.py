@@ -1,64 +1,93 @@
 """prepare: data/raw -> data/prepared/{images/, manifest.csv, dropped.csv}, metrics/prepare.json.
 
 Decodes every raw file fully, applies its EXIF orientation, converts it to RGB
-and resizes it to data.image_size; undecodable files are dropped with a reason.
+and resizes it to data.image_size by prepare.resize. Files that cannot be used
+are dropped with a reason; of each group of duplicates one copy stays, and an
+image found under two labels is dropped in every copy.
 """
 
 import logging
+import time
 
 from imgclf import config
 from imgclf.files import staged_directory, write_csv_atomic, write_json_atomic
-from imgclf.prepare import prepare_all, summarize
+from imgclf.prepare import Settings, drop_duplicates, prepare_all, summarize
 from imgclf.stage import run_stage
 
 log = logging.getLogger("imgclf.stages.prepare")
 
-MAX_LOGGED_DROPS = 20  # the full list is in dropped.csv
+MAX_LOGGED = 20  # lines per kind of problem in the log; the full list is in dropped.csv
+
+MANIFEST_COLUMNS = ["path", "label", "source", "sha256", "content", "phash", "group"]
+DROPPED_COLUMNS = ["source", "label", "reason", "group", "kept_copy"]
 
 
 def main() -> None:
     params = config.load_params()
+    settings = Settings(
+        image_size=params.data.image_size,
+        **params.prepare.model_dump(exclude={"near_duplicate_distance", "workers"}),
+    )
     images_subdir = config.PREPARED_IMAGES_DIR.relative_to(config.PREPARED_DIR)
 
     with staged_directory(config.PREPARED_DIR) as staging:
-        outcomes = prepare_all(
-            config.RAW_DIR,
-            staging / images_subdir,
-            image_size=params.data.image_size,
-            jpeg_quality=params.prepare.jpeg_quality,
-            workers=params.prepare.workers,
+        started = time.perf_counter()
+        decoded = prepare_all(
+            config.RAW_DIR, staging / images_subdir, settings, workers=params.prepare.workers
         )
-        kept_outcomes = [o for o in outcomes if o.reason is None]
-        dropped_outcomes = [o for o in outcomes if o.reason is not None]
+        seconds = time.perf_counter() - started
+        outcomes, groups = drop_duplicates(decoded, params.prepare.near_duplicate_distance)
 
-        manifest_rows = [
-            {
-                "path": (config.PREPARED_IMAGES_DIR / o.output).as_posix(),
-                "label": o.label,
-                "source": o.source,
-                "sha256": o.sha256,
-            }
-            for o in kept_outcomes
-        ]
+        for before, after in zip(decoded, outcomes, strict=True):
+            if before.output and not after.output:  # a duplicate's JPEG was already written
+                (staging / images_subdir / before.output).unlink()
+
+        kept = [o for o in outcomes if o.reason is None]
         write_csv_atomic(
-            staging / config.PREPARED_MANIFEST.name, ["path", "label", "source", "sha256"],
-            manifest_rows,
+            staging / config.PREPARED_MANIFEST.name, MANIFEST_COLUMNS,
+            [manifest_row(o) for o in kept],
         )
         dropped_rows = [
-            {"source": o.source, "label": o.label, "reason": o.reason} for o in dropped_outcomes
+            {"source": o.source, "label": o.label, "reason": o.reason,
+             "group": o.group or "", "kept_copy": o.kept_copy or ""}
+            for o in outcomes if o.reason is not None
         ]
-        write_csv_atomic(
-            staging / config.DROPPED_LIST.name, ["source", "label", "reason"], dropped_rows
-        )
+        write_csv_atomic(staging / config.DROPPED_LIST.name, DROPPED_COLUMNS, dropped_rows)
 
-    summary = summarize(outcomes)
+    summary = summarize(outcomes, groups)
     write_json_atomic(config.METRICS_DIR / "prepare.json", summary)
+    report(summary, dropped_rows, groups, images_per_second=len(decoded) / seconds)
 
-    log.info("kept %d images (per class: %s)", len(kept_outcomes), summary["kept"])
-    for row in dropped_rows[:MAX_LOGGED_DROPS]:
+
+def manifest_row(outcome) -> dict:
+    return {
+        "path": (config.PREPARED_IMAGES_DIR / outcome.output).as_posix(),
+        "label": outcome.label,
+        "source": outcome.source,
+        "sha256": outcome.sha256,
+        "content": outcome.fingerprint.content,
+        "phash": outcome.fingerprint.phash,
+        "group": outcome.group or "",
+    }
+
+
+def report(summary: dict, dropped_rows: list[dict], groups: list, images_per_second: float) -> None:
+    """Log what was kept and dropped, every label conflict first."""
+    for group in [g for g in groups if g.kept is None][:MAX_LOGGED]:
+        copies = ", ".join(member.source for member in group.members)
+        log.warning("label conflict, every copy dropped (group %s): %s", group.id, copies)
+
+    unusable = [row for row in dropped_rows if row["group"] == ""]
+    for row in unusable[:MAX_LOGGED]:
         log.warning("dropped %s: %s", row["source"], row["reason"])
+
+    log.info("decoded %.0f images per second", images_per_second)
+    log.info("kept %d images: %s", summary["total"]["kept"], summary["kept"])
     log.info(
-        "dropped %d files; the list is in %s", len(dropped_outcomes), config.DROPPED_LIST
+        "dropped %d files (%s); %d duplicate groups. Every dropped file, with its reason "
+        "and group, is listed in %s",
+        summary["total"]["dropped"], summary["total"]["dropped_by_reason"],
+        summary["duplicates"]["groups"], config.DROPPED_LIST,
     )
 
 

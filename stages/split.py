@@ -1,4 +1,9 @@
-"""split: data/prepared/manifest.csv -> data/split/{train,val,test}.csv, metrics/split.json."""
+"""split: data/prepared/manifest.csv -> data/split/{train,val,test}.csv, metrics/split.json,
+metrics/balance/{train,val,test}.csv.
+
+Each image's split comes from a seeded hash of its pixels, so adding images
+leaves existing ones where they were; duplicate groups stay in one split.
+"""
 
 import logging
 
@@ -15,18 +20,34 @@ def main() -> None:
     params = config.load_params()
     entries = read_entries(config.PREPARED_MANIFEST)
 
-    splits = stratified_split(
-        entries, val=params.split.val, test=params.split.test, seed=params.seed
+    result = stratified_split(
+        entries, val=params.split.val, test=params.split.test, seed=params.seed,
+        tolerance=params.split.tolerance,
     )
+    for fix in result.corrections:
+        log.warning(
+            "class %r: the hashes gave train/val/test %s, outside split.tolerance; moved %d "
+            "images nearest the cut points to get %s. Those images may move again when "
+            "images are added", fix.label, "/".join(map(str, fix.hashed)), fix.moved,
+            "/".join(map(str, fix.corrected)),
+        )
 
     with staged_directory(config.SPLIT_DIR) as staging:
-        for name, items in splits.items():
-            rows = [{"path": e.path, "label": e.label} for e in items]
-            write_csv_atomic(staging / config.split_manifest(name).name, ["path", "label"], rows)
+        for name, items in result.splits.items():
+            rows = [{"path": e.path, "label": e.label, "content": e.content} for e in items]
+            write_csv_atomic(
+                staging / config.split_manifest(name).name, ["path", "label", "content"], rows
+            )
 
-    counts = count_by_class(splits)
+    counts = count_by_class(result.splits)
+    counts["moved_by_correction"] = sum(fix.moved for fix in result.corrections)
     write_json_atomic(config.METRICS_DIR / "split.json", counts)
-    log.info("split %d images: %s", len(entries), {k: v["total"] for k, v in counts.items()})
+    with staged_directory(config.BALANCE_DIR) as staging:
+        for name in config.SPLITS:
+            rows = [{"label": k, "images": v} for k, v in counts[name]["per_class"].items()]
+            write_csv_atomic(staging / f"{name}.csv", ["label", "images"], rows)
+
+    log.info("split %d images: %s", len(entries), {k: counts[k]["total"] for k in config.SPLITS})
 
 
 if __name__ == "__main__":

@@ -2,11 +2,10 @@
 
 import json
 import re
-import shutil
 
 import pytest
 
-from conftest import write_class_images
+from conftest import noise_image, write_class_images, write_messy_folder
 from helpers import TINY_PARAMS, copy_project, run, set_params
 
 pytestmark = pytest.mark.slow
@@ -115,7 +114,7 @@ def test_changed_source_folder_is_seen(repo):
     project, source = repo["project"], repo["source"]
     run(["git", "checkout", "--", "."], project)
     run(["dvc", "checkout", "--force"], project)
-    shutil.copy(source / "cats" / "cats_000.jpg", source / "cats" / "extra.jpg")
+    noise_image(500).save(source / "cats" / "extra.jpg")
 
     result = run(["dvc", "repro"], project)
 
@@ -134,5 +133,26 @@ def test_plots_show_renders_each_once(repo):
     assert "Confusion matrix" in json.dumps(rendered[confusion])
     curves = [name for name in rendered if name.endswith(".tsv")]
     assert len(curves) == 8  # train/eval x loss/accuracy, for train_head and finetune
-    assert len(rendered) == 9  # each plot once, none also drawn from a stage output
+    balance = [name for name in rendered if name.startswith("Class balance")]
+    assert len(balance) == 3  # train, val and test
+    assert len(rendered) == 12  # each plot once, none also drawn from a stage output
     assert (project / "plots-html" / "index.html").is_file()
+
+
+def test_messy_folder_goes_through_repro(tmp_path):
+    source = tmp_path / "messy"
+    expected = write_messy_folder(source)
+    project = copy_project(tmp_path / "project")
+    set_params(project, **TINY_PARAMS, **{"data.source": str(source), "prepare.min_size": 32})
+    run(["git", "init", "-q"], project)
+    run(["dvc", "init", "-q"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "project"], project)
+
+    result = run(["dvc", "repro"], project)
+
+    assert "evaluate" in stages_run(result.output)
+    report = json.loads((project / "metrics" / "prepare.json").read_text())
+    assert report["total"]["kept"] == sum(reason is None for reason in expected.values())
+    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert set(metrics["per_class"]) == {"bird ñandú", "cats", "dogs"}

@@ -5,14 +5,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_class_images
+from conftest import (
+    noise_image,
+    oversized_png_header,
+    write_class_images,
+    write_messy_folder,
+    ycck_jpeg,
+)
 from imgclf.prepare import (
     CORRUPT,
     EMPTY,
     HIDDEN,
     NOT_AN_IMAGE,
+    TOO_MANY_PIXELS,
+    TOO_SMALL,
     output_name,
     output_names,
+    Settings,
+    drop_duplicates,
     prepare_all,
     prepare_image,
     summarize,
@@ -21,9 +31,10 @@ from imgclf.prepare import (
 SIZE = 32
 
 
-def prepare_one(tmp_path: Path, source: Path) -> tuple[str | None, Path]:
+def prepare_one(tmp_path: Path, source: Path, **settings) -> tuple[str | None, Path]:
     target = tmp_path / "out" / "image.jpg"
-    return prepare_image(source, target, SIZE, 95), target
+    reason, _ = prepare_image(source, target, Settings(SIZE, **settings))
+    return reason, target
 
 
 def test_rgb_jpeg_resized(tmp_path):
@@ -73,7 +84,7 @@ def test_exif_orientation_applied(tmp_path):
     Image.fromarray(pixels).save(source, exif=exif)
 
     target = tmp_path / "out.jpg"
-    assert prepare_image(source, target, 60, 95) is None
+    assert prepare_image(source, target, Settings(60))[0] is None
 
     with Image.open(target) as image:
         array = np.asarray(image)
@@ -93,7 +104,6 @@ def test_invalid_exif_orientation_left_as_is(tmp_path):
     assert reason is None
 
 
-@pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")
 def test_garbage_exif_left_as_is(tmp_path):
     source = tmp_path / "garbage.jpg"
     Image.new("RGB", (40, 20), (0, 0, 255)).save(source, exif=b"Exif\x00\x00MM\x00*garbage")
@@ -143,7 +153,7 @@ def test_prepare_all_reports_each_file(tmp_path):
     (raw / "dogs" / "readme.txt").write_text("hello")
     before = {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()}
 
-    outcomes = prepare_all(raw, tmp_path / "out", image_size=SIZE, jpeg_quality=90, workers=2)
+    outcomes = prepare_all(raw, tmp_path / "out", Settings(SIZE, jpeg_quality=90), workers=2)
 
     reasons = {o.source: o.reason for o in outcomes}
     assert reasons["cats/empty.jpg"] == EMPTY
@@ -159,10 +169,12 @@ def test_prepare_all_reports_each_file(tmp_path):
     after = {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()}
     assert after == before  # raw data is never modified
 
-    summary = summarize(outcomes)
+    summary = summarize(outcomes, [])
     assert summary["kept"] == {"cats": 3, "dogs": 3}
     assert summary["dropped"]["dogs"] == {HIDDEN: 1, NOT_AN_IMAGE: 1}
-    assert summary["total"] == {"kept": 6, "dropped": 3}
+    assert summary["total"] == {
+        "kept": 6, "dropped": 3, "dropped_by_reason": {EMPTY: 1, HIDDEN: 1, NOT_AN_IMAGE: 1}
+    }
 
 
 def test_output_names_resolve_clashes():
@@ -182,7 +194,7 @@ def test_clashing_sources_both_kept(tmp_path):
     Image.new("RGB", (40, 40), (255, 0, 0)).save(raw / "cat" / "x.png")
     Image.new("RGB", (40, 40), (0, 0, 255)).save(raw / "cat" / "x.png.jpg", format="JPEG")
 
-    outcomes = prepare_all(raw, tmp_path / "out", image_size=SIZE, jpeg_quality=90, workers=1)
+    outcomes = prepare_all(raw, tmp_path / "out", Settings(SIZE, jpeg_quality=90), workers=1)
 
     outputs = {o.source: o.output for o in outcomes}
     assert len(set(outputs.values())) == 2
@@ -204,10 +216,221 @@ def test_high_bit_depth_scaled_not_clipped(tmp_path, mode):
     image.save(source)
 
     target = tmp_path / "out.jpg"
-    assert prepare_image(source, target, 64, 95) is None
+    assert prepare_image(source, target, Settings(64))[0] is None
 
     with Image.open(target) as image:
         row = np.asarray(image)[32, :, 0].astype(int)
     assert row[2] < 30
     assert 100 < row[32] < 160
     assert row[-3] > 225
+
+
+# --- every kind of file a real folder holds -------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "WEBP", "BMP", "TIFF"])
+def test_extension_that_lies_is_read_by_content(tmp_path, fmt):
+    source = tmp_path / "photo.jpg"
+    noise_image(1).save(source, format=fmt)
+
+    reason, target = prepare_one(tmp_path, source)
+
+    assert reason is None
+    with Image.open(target) as image:
+        assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (SIZE, SIZE))
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_animation_gives_its_first_frame(tmp_path, fmt):
+    red, blue = Image.new("RGB", (40, 40), (255, 0, 0)), Image.new("RGB", (40, 40), (0, 0, 255))
+    source = tmp_path / f"animated.{fmt.lower()}"
+    red.save(source, format=fmt, save_all=True, append_images=[blue], duration=50)
+
+    reason, target = prepare_one(tmp_path, source)
+
+    assert reason is None
+    with Image.open(target) as image:
+        r, _, b = np.asarray(image)[SIZE // 2, SIZE // 2]
+    assert r > 200 and b < 60
+
+
+MODES = ["RGB", "L", "LA", "P", "RGBA", "CMYK", "1", "I", "F", "I;16"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_becomes_rgb(tmp_path, mode):
+    suffix = {"CMYK": ".jpg", "I": ".tif", "F": ".tif"}.get(mode, ".png")
+    source = tmp_path / f"a{suffix}"
+    if mode == "I;16":
+        grey = np.asarray(noise_image(2).convert("L"), dtype=np.uint16) * 257
+        image = Image.fromarray(grey)
+    else:
+        image = noise_image(2, mode=mode)
+    assert image.mode == mode
+    image.save(source)
+
+    reason, target = prepare_one(tmp_path, source)
+
+    assert reason is None
+    with Image.open(target) as result:
+        assert result.mode == "RGB"
+        assert np.asarray(result).std() > 5  # a picture, not a flat or clipped field
+
+
+def test_ycck_jpeg_becomes_rgb(tmp_path):
+    source = tmp_path / "ycck.jpg"
+    ycck_jpeg(source)
+    with Image.open(source) as image:
+        assert (image.mode, image.info.get("adobe_transform")) == ("CMYK", 2)
+
+    reason, target = prepare_one(tmp_path, source)
+
+    assert reason is None
+    with Image.open(target) as result:
+        assert result.mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    ("mode", "save_options"),
+    [("RGBA", {}), ("LA", {}), ("P", {"transparency": 0})],
+    ids=["RGBA", "LA", "P with transparency"],
+)
+def test_transparency_goes_onto_the_background_param(tmp_path, mode, save_options):
+    source = tmp_path / "clear.png"
+    if mode == "P":
+        image = Image.new("P", (40, 40), 0)  # every pixel is palette entry 0, the transparent one
+    else:
+        image = Image.new(mode, (40, 40))  # all channels 0: fully transparent
+    image.save(source, **save_options)
+
+    reason, target = prepare_one(tmp_path, source, background="#00ff00")
+
+    assert reason is None
+    with Image.open(target) as result:
+        r, g, b = np.asarray(result)[SIZE // 2, SIZE // 2]
+    assert g > 230 and r < 30 and b < 30
+
+
+def _marked(orientation: int | None) -> Image.Image:
+    """A 60x30 image, red in its top-left 10x10 corner, tagged with `orientation`."""
+    pixels = np.zeros((30, 60, 3), dtype=np.uint8)
+    pixels[:10, :10] = (255, 0, 0)
+    image = Image.fromarray(pixels)
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        image.info["exif"] = exif.tobytes()
+    return image
+
+
+# Where the red corner ends up after each orientation, and the displayed size.
+ORIENTED = {
+    1: ("top left", (60, 30)), 2: ("top right", (60, 30)), 3: ("bottom right", (60, 30)),
+    4: ("bottom left", (60, 30)), 5: ("top left", (30, 60)), 6: ("top right", (30, 60)),
+    7: ("bottom right", (30, 60)), 8: ("bottom left", (30, 60)),
+}
+
+
+@pytest.mark.parametrize("orientation", [None, 0, *range(1, 10)])
+def test_exif_orientation(tmp_path, orientation):
+    source = tmp_path / "tagged.png"
+    image = _marked(orientation)
+    image.save(source, exif=image.info.get("exif", b""))
+    # Keep the aspect ratio visible: pad to a square, then look at the content box.
+    reason, target = prepare_one(tmp_path, source, resize="pad", background="#0000ff")
+
+    assert reason is None
+    corner, size = ORIENTED.get(orientation, ("top left", (60, 30)))  # invalid: as stored
+    with Image.open(target) as result:
+        pixels = np.asarray(result).astype(int)
+    content = pixels[..., 2] < 128  # not the blue padding
+    rows, columns = np.nonzero(content.any(axis=1))[0], np.nonzero(content.any(axis=0))[0]
+    height, width = np.ptp(rows) + 1, np.ptp(columns) + 1
+    assert (width > height) == (size[0] > size[1])
+    box = pixels[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1, 0]
+    red_row, red_column = np.unravel_index(np.argmax(box), box.shape)
+    vertical = "top" if red_row < box.shape[0] / 2 else "bottom"
+    horizontal = "left" if red_column < box.shape[1] / 2 else "right"
+    assert f"{vertical} {horizontal}" == corner
+
+
+def test_image_below_min_size_dropped(tmp_path):
+    source = tmp_path / "narrow.png"
+    noise_image(3, (20, 200)).save(source)
+    assert prepare_one(tmp_path, source, min_size=32)[0] == TOO_SMALL
+    assert prepare_one(tmp_path, source, min_size=20)[0] is None
+
+
+@pytest.mark.parametrize("width", [9_000, 100_000])
+def test_too_many_pixels_rejected_before_decoding(tmp_path, width):
+    # The header claims width x width pixels, and the data holds one short row. Decoding
+    # would fail as truncated, so too_many_pixels shows the header check came first.
+    source = tmp_path / "bomb.png"
+    oversized_png_header(source, width, width)
+
+    reason, target = prepare_one(tmp_path, source, max_pixels=50_000_000)
+
+    assert reason == TOO_MANY_PIXELS
+    assert not target.exists()
+
+
+def test_max_pixels_is_a_limit_on_real_images(tmp_path):
+    source = tmp_path / "big.png"
+    noise_image(4, (100, 100)).save(source)
+    assert prepare_one(tmp_path, source, max_pixels=9_999)[0] == TOO_MANY_PIXELS
+    assert prepare_one(tmp_path, source, max_pixels=10_000)[0] is None
+
+
+def test_resize_policies(tmp_path):
+    # 80x40: left half black, right half white, a red 10-pixel band at each short end.
+    pixels = np.zeros((40, 80, 3), dtype=np.uint8)
+    pixels[:, 40:] = 255
+    pixels[:, :10] = pixels[:, -10:] = (255, 0, 0)
+    source = tmp_path / "wide.png"
+    Image.fromarray(pixels).save(source)
+
+    def rgb(resize: str, row: int, column: int) -> np.ndarray:
+        _, target = prepare_one(tmp_path, source, resize=resize, background="#00ff00")
+        with Image.open(target) as image:
+            return np.asarray(image)[row, column].astype(int)
+
+    # squash keeps the red ends; center_crop cuts them; pad adds green above and below.
+    assert rgb("squash", SIZE // 2, 1)[0] > 200 and rgb("squash", SIZE // 2, 1)[1] < 60
+    assert rgb("center_crop", SIZE // 2, 1).max() < 60  # black, not red
+    assert rgb("pad", 1, SIZE // 2)[1] > 200  # green padding on top
+    assert rgb("pad", SIZE // 2, 1)[0] > 200  # the red end is still there
+
+
+def test_fingerprint_ignores_file_format_but_not_pixels(tmp_path):
+    image = noise_image(5)
+    image.save(tmp_path / "a.png")
+    image.save(tmp_path / "b.bmp")
+    noise_image(6).save(tmp_path / "c.png")
+
+    prints = [prepare_image(tmp_path / name, tmp_path / "out" / f"{name}.jpg", Settings(SIZE))[1]
+              for name in ("a.png", "b.bmp", "c.png")]
+
+    assert prints[0].content == prints[1].content
+    assert prints[0].content != prints[2].content
+    assert prints[0].pixels == 64 * 48
+
+
+def test_messy_folder_gets_its_expected_outcomes(tmp_path):
+    raw = tmp_path / "raw"
+    expected = write_messy_folder(raw)
+    before = {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()}
+
+    decoded = prepare_all(raw, tmp_path / "out", Settings(SIZE, min_size=32), workers=2)
+    outcomes, groups = drop_duplicates(decoded, max_distance=4)
+
+    assert {o.source: o.reason for o in outcomes} == expected
+    assert {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()} == before
+    conflict = next(g for g in groups if g.kept is None)
+    assert [m.source for m in conflict.members] == ["cats/conflict.jpg", "dogs/conflict.jpg"]
+    merged = {o.source: o.kept_copy for o in outcomes if o.reason in ("duplicate", "near_duplicate")}
+    assert merged == {"cats/dup 2.png": "cats/dup 1.png", "cats/dup 3 small.jpg": "cats/dup 1.png"}
+
+    summary = summarize(outcomes, groups)
+    assert summary["duplicates"] == {
+        "groups": 2, "exact_groups": 1, "label_conflict_groups": 1,
+        "dropped": {"duplicate": 1, "near_duplicate": 1, "label_conflict": 2},
+    }

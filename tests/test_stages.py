@@ -1,5 +1,6 @@
 """Stage scripts run as DVC runs them: a subprocess in the project root."""
 
+import csv
 import functools
 import http.server
 import json
@@ -9,7 +10,7 @@ import zipfile
 
 import pytest
 
-from conftest import write_class_images
+from conftest import write_class_images, write_messy_folder
 from helpers import TINY_PARAMS, copy_project, run, run_stage, set_params
 
 
@@ -42,11 +43,14 @@ def archive_server(tmp_path):
         stop()
 
 
-def run_stages(project, stages, **env):
-    """Run stages in order, failing the test with the output of the first that fails."""
+def run_stages(project, stages, **env) -> str:
+    """Run stages in order and return their output; fail with the output of the first that fails."""
+    outputs = []
     for stage in stages:
         result = run_stage(project, stage, **env)
         assert result.returncode == 0, f"{stage}:\n{result.output}"
+        outputs.append(result.output)
+    return "\n".join(outputs)
 
 
 def init_git(project, *, commit: bool) -> None:
@@ -107,16 +111,73 @@ def test_prepare_and_split_outputs(project, tmp_path):
     run_stages(project, ["fetch", "prepare", "split"])
 
     manifest = (project / "data" / "prepared" / "manifest.csv").read_text().splitlines()
-    assert manifest[0] == "path,label,source,sha256"
+    assert manifest[0] == "path,label,source,sha256,content,phash,group"
     assert len(manifest) == 21
     dropped = (project / "data" / "prepared" / "dropped.csv").read_text()
     assert "dogs/broken.jpg,dogs,corrupt_or_truncated" in dropped
     for split in ("train", "val", "test"):
         assert (project / "data" / "split" / f"{split}.csv").is_file()
+        balance = (project / "metrics" / "balance" / f"{split}.csv").read_text().splitlines()
+        assert balance[0] == "label,images" and len(balance) == 3
     assert (project / "metrics" / "prepare.json").is_file()
     assert (project / "metrics" / "split.json").is_file()
     leftovers = [p for p in (project / "data").iterdir() if p.name.endswith(".partial")]
     assert leftovers == []
+
+
+def test_messy_folder_report(project, tmp_path):
+    source = tmp_path / "messy"
+    expected = write_messy_folder(source)
+    set_params(project, **TINY_PARAMS, **{"data.source": str(source), "prepare.min_size": 32})
+
+    fetched = run_stages(project, ["fetch", "prepare", "split"])
+
+    prepared = project / "data" / "prepared"
+    with (prepared / "dropped.csv").open(newline="", encoding="utf-8") as file:
+        dropped = {row["source"]: row for row in csv.DictReader(file)}
+    assert {s: row["reason"] for s, row in dropped.items()} == {
+        s: reason for s, reason in expected.items() if reason
+    }
+    assert dropped["cats/dup 2.png"]["kept_copy"] == "cats/dup 1.png"
+    assert dropped["cats/conflict.jpg"]["group"] == dropped["dogs/conflict.jpg"]["group"] != ""
+    with (prepared / "manifest.csv").open(newline="", encoding="utf-8") as file:
+        kept = [row["source"] for row in csv.DictReader(file)]
+    assert sorted(kept) == sorted(s for s, reason in expected.items() if reason is None)
+    images = {p.relative_to(prepared / "images").as_posix() for p in (prepared / "images").rglob("*.jpg")}
+    assert len(images) == len(kept)  # no JPEG left behind for a dropped duplicate
+
+    report = json.loads((project / "metrics" / "prepare.json").read_text())
+    assert report["dropped"]["dogs"]["too_many_pixels"] == 2
+    assert report["dropped"]["cats"]["label_conflict"] == 1
+    assert report["duplicates"]["label_conflict_groups"] == 1
+    assert "label conflict, every copy dropped" in fetched
+    assert "cats/conflict.jpg, dogs/conflict.jpg" in fetched
+
+
+def test_adding_images_keeps_every_split(project, tmp_path):
+    source = write_class_images(tmp_path / "images", {"cats": 300, "dogs": 300}, size=40)
+    set_params(project, **TINY_PARAMS, **{"data.source": str(source), "split.tolerance": 0.05})
+    first = run_stages(project, ["fetch", "prepare", "split"])
+    before = split_assignment(project)
+
+    write_class_images(tmp_path / "new", {"cats": 30, "dogs": 30}, size=40, seed=1)
+    for image in (tmp_path / "new").rglob("*.jpg"):
+        image.rename(source / image.parent.name / f"new {image.name}")
+    second = run_stages(project, ["fetch", "prepare", "split"])
+    after = split_assignment(project)
+
+    assert "outside split.tolerance" not in first + second
+    assert len(after) == len(before) + 60
+    assert {content: after[content] for content in before} == before
+
+
+def split_assignment(project) -> dict[str, str]:
+    """Map each image's pixel hash to its split."""
+    assignment = {}
+    for name in ("train", "val", "test"):
+        with (project / "data" / "split" / f"{name}.csv").open(newline="") as file:
+            assignment.update({row["content"]: name for row in csv.DictReader(file)})
+    return assignment
 
 
 def test_split_too_small_class_fails_cleanly(project, tmp_path):

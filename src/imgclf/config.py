@@ -30,6 +30,7 @@ MODELS_DIR = Path("models")
 HEAD_MODEL = MODELS_DIR / "head.keras"
 FINAL_MODEL = MODELS_DIR / "model.keras"
 METRICS_DIR = Path("metrics")
+BALANCE_DIR = METRICS_DIR / "balance"  # images per class, one CSV per split
 DVCLIVE_DIR = Path("dvclive")
 
 
@@ -55,7 +56,16 @@ class DataParams(Section):
     image_size: Annotated[int, Field(ge=32, le=1024)]
 
 
+# Pillow warns above this many pixels; a larger limit would need its guard turned off.
+PILLOW_PIXEL_LIMIT = 89_478_485
+
+
 class PrepareParams(Section):
+    resize: Literal["squash", "center_crop", "pad"]
+    background: Annotated[str, Field(pattern=r"^#[0-9a-fA-F]{6}$")]  # "#rrggbb"
+    min_size: Annotated[int, Field(ge=1)]  # shorter side in pixels, before resizing
+    max_pixels: Annotated[int, Field(ge=1, le=PILLOW_PIXEL_LIMIT)]  # width x height
+    near_duplicate_distance: Annotated[int, Field(ge=0, le=32)]  # bits of a 64-bit hash
     jpeg_quality: Annotated[int, Field(ge=50, le=100)]
     workers: Annotated[int, Field(ge=0)]  # 0 uses every CPU core
 
@@ -63,6 +73,9 @@ class PrepareParams(Section):
 class SplitParams(Section):
     val: Fraction
     test: Fraction
+    # How far a split's share of a class may stray from val or test before the
+    # hashed assignment is corrected; never less than one image.
+    tolerance: Annotated[float, Field(ge=0, lt=0.5)]
 
     @model_validator(mode="after")
     def _leave_room_for_train(self) -> SplitParams:

@@ -13,6 +13,8 @@ from imgclf.errors import StageError
 class Entry:
     path: str  # relative to the repository root
     label: str
+    content: str = ""  # SHA-256 of the decoded pixels, in prepare's manifest
+    group: str = ""  # duplicate group, when the image had copies
 
 
 def read_entries(path: Path) -> list[Entry]:
@@ -25,7 +27,10 @@ def read_entries(path: Path) -> list[Entry]:
         missing = {"path", "label"} - set(reader.fieldnames or ())
         if missing:
             raise StageError(f"manifest {path} lacks the column(s) {sorted(missing)}")
-        entries = [Entry(row["path"], row["label"]) for row in reader]
+        entries = [
+            Entry(row["path"], row["label"], row.get("content") or "", row.get("group") or "")
+            for row in reader
+        ]
 
     if not entries:
         raise StageError(f"manifest {path} lists no images")

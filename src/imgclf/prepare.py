@@ -1,8 +1,10 @@
 """Decode, orient, convert and resize raw images into a uniform RGB JPEG collection.
 
 Every file is fully decoded with Pillow (`load()`, which catches truncated
-files that `verify()` passes). A file that cannot be used is dropped with a
-reason; raw files are only read, never modified.
+files that `verify()` passes), after its size has been checked from the
+header alone. A file that cannot be used is dropped with a reason; raw files
+are only read, never modified. Each kept image also gets two fingerprints for
+duplicate detection: a SHA-256 of its decoded pixels and a perceptual hash.
 """
 
 from __future__ import annotations
@@ -12,14 +14,19 @@ import logging
 import os
 import struct
 import sys
+import warnings
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import imagehash
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from imgclf import duplicates
 from imgclf.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -29,16 +36,41 @@ EMPTY = "empty_file"
 HIDDEN = "hidden_file"
 NOT_AN_IMAGE = "not_an_image"
 CORRUPT = "corrupt_or_truncated"
-TOO_LARGE = "decompression_bomb"
+TOO_SMALL = "too_small"
+TOO_MANY_PIXELS = "too_many_pixels"
+
+RESIZE_POLICIES = ("squash", "center_crop", "pad")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How every image is converted; the `prepare` and `data` params."""
+
+    image_size: int
+    resize: str = "squash"
+    background: str = "#ffffff"
+    min_size: int = 1
+    max_pixels: int = 50_000_000
+    jpeg_quality: int = 95
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    content: str  # SHA-256 of the oriented RGB pixels and their width and height
+    phash: str  # 64-bit perceptual hash as 16 hex digits
+    pixels: int  # width x height before resizing
 
 
 @dataclass(frozen=True)
 class Outcome:
     source: str  # relative to the raw folder: <class>/<file>
     label: str
-    sha256: str
+    sha256: str  # of the raw file's bytes
     output: str | None  # relative to the output folder; None when dropped
     reason: str | None  # why the file was dropped; None when kept
+    fingerprint: Fingerprint | None = None  # None when dropped while decoding
+    group: str | None = None  # duplicate group, when the image has copies
+    kept_copy: str | None = None  # for a dropped duplicate: the source that stays
 
 
 def output_name(source: Path) -> Path:
@@ -87,64 +119,115 @@ def to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L")
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to RGB, compositing transparency onto white."""
+def to_rgb(image: Image.Image, background: str = "#ffffff") -> Image.Image:
+    """Convert any Pillow mode to RGB, compositing transparency onto `background` ("#rrggbb")."""
     if image.mode == "RGB":
         return image
     if image.mode.startswith("I") or image.mode == "F":
         return to_8bit(image).convert("RGB")
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         image.mode == "P" and "transparency" in image.info
     )
     if has_alpha:
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        canvas = Image.new("RGBA", rgba.size, background)
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
     return image.convert("RGB")
 
 
 def apply_orientation(image: Image.Image) -> Image.Image:
-    """Rotate and flip as the EXIF orientation tag specifies; an unusable tag leaves the image as is."""
+    """Rotate and flip as the EXIF orientation tag specifies.
+
+    A missing tag, a value outside 1-8 or unreadable EXIF data leaves the image as is.
+    """
     try:
-        return ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError, TypeError, KeyError, struct.error) as error:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # Pillow only warns about corrupt EXIF data
+            return ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError, TypeError, KeyError, struct.error, UserWarning) as error:
         log.debug("ignored unusable EXIF data: %s", error)
         return image
 
 
-def to_model_image(image: Image.Image, image_size: int) -> Image.Image:
+def fit(image: Image.Image, image_size: int, resize: str, background: str) -> Image.Image:
+    """Resize an RGB image to image_size x image_size by the `resize` policy.
+
+    squash stretches the whole image; center_crop keeps the aspect ratio and
+    cuts the longer side; pad keeps the aspect ratio and fills with `background`.
+    """
+    size = (image_size, image_size)
+    if resize == "squash":
+        return image.resize(size, Image.Resampling.BICUBIC)
+    if resize == "center_crop":
+        return ImageOps.fit(image, size, Image.Resampling.BICUBIC)
+    if resize == "pad":
+        return ImageOps.pad(image, size, Image.Resampling.BICUBIC, color=background)
+    raise ValueError(f"resize = {resize!r}; use one of {', '.join(RESIZE_POLICIES)}")
+
+
+def to_model_image(
+    image: Image.Image, image_size: int, *, resize: str = "squash", background: str = "#ffffff"
+) -> Image.Image:
     """Turn a decoded image into the model's input: oriented, RGB, image_size x image_size.
 
     prepare uses this for the training data, and prediction for new images, so
     both see the same conversion.
     """
-    image = apply_orientation(image)
-    image = to_rgb(image)
-    return image.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    return fit(to_rgb(apply_orientation(image), background), image_size, resize, background)
 
 
-def prepare_image(source: Path, target: Path, image_size: int, jpeg_quality: int) -> str | None:
-    """Write `source` as an RGB JPEG of image_size x image_size to `target`.
+def fingerprint(image: Image.Image) -> Fingerprint:
+    """Fingerprint an oriented RGB image for exact and near-duplicate detection."""
+    digest = hashlib.sha256(f"{image.width}x{image.height}:".encode())
+    digest.update(image.tobytes())
+    return Fingerprint(
+        content=digest.hexdigest(),
+        phash=str(imagehash.phash(image)),  # DCT of a 32x32 grayscale copy, 8x8 bits
+        pixels=image.width * image.height,
+    )
 
-    Returns None on success, or the reason the file was dropped.
+
+@contextmanager
+def _quiet_exif_warnings() -> Iterator[None]:
+    """Silence Pillow's warning about corrupt EXIF data; apply_orientation ignores such data."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Corrupt EXIF data", UserWarning)
+        yield
+
+
+def prepare_image(
+    source: Path, target: Path, settings: Settings
+) -> tuple[str | None, Fingerprint | None]:
+    """Write `source` as an RGB JPEG of the configured size to `target`.
+
+    Returns (None, fingerprint) on success, or (the reason the file was dropped, None).
+    Sizes are checked from the header before any pixel is decoded.
     """
     if source.stat().st_size == 0:
-        return EMPTY
+        return EMPTY, None
 
     try:
-        with Image.open(source) as image:
-            image.load()  # full decode: raises for truncated and corrupt data
-            image = to_model_image(image, image_size)
-    except Image.DecompressionBombError:
-        return TOO_LARGE
-    except UnidentifiedImageError:
-        return NOT_AN_IMAGE
-    except (OSError, SyntaxError, ValueError):
-        return CORRUPT
+        with _quiet_exif_warnings(), Image.open(source) as image:
+            width, height = image.size  # from the header; nothing decoded yet
+            if width * height > settings.max_pixels:
+                return TOO_MANY_PIXELS, None
+            if min(width, height) < settings.min_size:
+                return TOO_SMALL, None
 
+            image.load()  # full decode of the first frame: raises for truncated data
+            image = to_rgb(apply_orientation(image), settings.background)
+    except Image.DecompressionBombError:
+        return TOO_MANY_PIXELS, None
+    except UnidentifiedImageError:
+        return NOT_AN_IMAGE, None
+    except (OSError, SyntaxError, ValueError):
+        return CORRUPT, None
+
+    prints = fingerprint(image)
+    image = fit(image, settings.image_size, settings.resize, settings.background)
     target.parent.mkdir(parents=True, exist_ok=True)
-    image.save(target, format="JPEG", quality=jpeg_quality)
-    return None
+    image.save(target, format="JPEG", quality=settings.jpeg_quality)
+    return None, prints
 
 
 def sha256_of(path: Path) -> str:
@@ -161,24 +244,25 @@ class _Job:
     out_dir: Path
     source: str
     output: Path
-    image_size: int
-    jpeg_quality: int
+    settings: Settings
 
 
 def _run_job(job: _Job) -> Outcome:
     source_path = job.raw_dir / job.source
     label = Path(job.source).parts[0]
     name = job.output
+    prints = None
     if any(part.startswith(".") for part in Path(job.source).parts):
         reason = HIDDEN  # .DS_Store, ._resource forks, files in hidden folders
     else:
-        reason = prepare_image(source_path, job.out_dir / name, job.image_size, job.jpeg_quality)
+        reason, prints = prepare_image(source_path, job.out_dir / name, job.settings)
     return Outcome(
         source=job.source,
         label=label,
         sha256=sha256_of(source_path),
         output=None if reason else name.as_posix(),
         reason=reason,
+        fingerprint=prints,
     )
 
 
@@ -192,9 +276,7 @@ def list_sources(raw_dir: Path) -> list[str]:
     return sources
 
 
-def prepare_all(
-    raw_dir: Path, out_dir: Path, *, image_size: int, jpeg_quality: int, workers: int
-) -> list[Outcome]:
+def prepare_all(raw_dir: Path, out_dir: Path, settings: Settings, *, workers: int) -> list[Outcome]:
     """Prepare every raw file on `workers` processes (0: one per usable CPU core), in sorted order."""
     from tqdm import tqdm
 
@@ -203,10 +285,7 @@ def prepare_all(
         raise StageError(f"{raw_dir} contains no files in class folders; check data.source")
 
     names = output_names(sources)
-    jobs = [
-        _Job(raw_dir, out_dir, source, names[source], image_size, jpeg_quality)
-        for source in sources
-    ]
+    jobs = [_Job(raw_dir, out_dir, source, names[source], settings) for source in sources]
     processes = workers or usable_cpu_count()
     with ProcessPoolExecutor(max_workers=processes) as pool:
         results = pool.map(_run_job, jobs, chunksize=16)
@@ -216,6 +295,37 @@ def prepare_all(
         return list(progress)
 
 
+def drop_duplicates(
+    outcomes: list[Outcome], max_distance: int
+) -> tuple[list[Outcome], list[duplicates.Group]]:
+    """Mark every copy but one in each duplicate group as dropped, and every label conflict.
+
+    Returns the outcomes in the same order, and the groups found among the kept images.
+    """
+    members = [
+        duplicates.Member(o.source, o.label, o.fingerprint.content, o.fingerprint.phash,
+                          o.fingerprint.pixels)
+        for o in outcomes
+        if o.reason is None and o.fingerprint is not None
+    ]
+    groups = duplicates.find_groups(members, max_distance)
+
+    decided: dict[str, Outcome] = {}
+    by_source = {o.source: o for o in outcomes}
+    for group in groups:
+        kept_source = group.kept.source if group.kept else None
+        for member in group.members:
+            reason = group.reason(member)
+            decided[member.source] = replace(
+                by_source[member.source],
+                output=None if reason else by_source[member.source].output,
+                reason=reason,
+                group=group.id,
+                kept_copy=kept_source if reason else None,
+            )
+    return [decided.get(o.source, o) for o in outcomes], groups
+
+
 def usable_cpu_count() -> int:
     """Count the CPU cores this process may run on (its affinity mask where the OS has one)."""
     if hasattr(os, "sched_getaffinity"):
@@ -223,15 +333,17 @@ def usable_cpu_count() -> int:
     return os.cpu_count() or 1
 
 
-def summarize(outcomes: list[Outcome]) -> dict:
-    """Count kept files per class and dropped files per class and reason."""
+def summarize(outcomes: list[Outcome], groups: list[duplicates.Group]) -> dict:
+    """Count kept files per class, dropped files per class and reason, and duplicate groups."""
     kept_per_class: Counter[str] = Counter()
     dropped: dict[str, Counter[str]] = defaultdict(Counter)
+    by_reason: Counter[str] = Counter()
     for outcome in outcomes:
         if outcome.reason is None:
             kept_per_class[outcome.label] += 1
         else:
             dropped[outcome.label][outcome.reason] += 1
+            by_reason[outcome.reason] += 1
 
     labels = sorted({outcome.label for outcome in outcomes})
     return {
@@ -239,6 +351,8 @@ def summarize(outcomes: list[Outcome]) -> dict:
         "dropped": {label: dict(sorted(dropped[label].items())) for label in labels},
         "total": {
             "kept": sum(kept_per_class.values()),
-            "dropped": sum(sum(reasons.values()) for reasons in dropped.values()),
+            "dropped": sum(by_reason.values()),
+            "dropped_by_reason": dict(sorted(by_reason.items())),
         },
+        "duplicates": duplicates.summarize_groups(groups),
     }

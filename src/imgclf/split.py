@@ -1,9 +1,11 @@
-"""Stratified, seeded train/val/test split of a manifest."""
+"""Stable, stratified train/val/test split of a manifest."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,14 +39,65 @@ def min_class_size(val: float, test: float) -> int:
     return last_failing + 1
 
 
-def stratified_split(
-    entries: list[Entry], *, val: float, test: float, seed: int
-) -> dict[str, list[Entry]]:
-    """Split each class separately so every split keeps the class proportions.
+@dataclass(frozen=True)
+class Correction:
+    """A class whose hashed split missed the requested shares by more than the tolerance."""
 
-    The split is a seeded shuffle per class: the same manifest and seed always
-    give the same split. Raises SplitError if a class is too small to appear
-    in every split.
+    label: str
+    hashed: tuple[int, int, int]  # (train, val, test) images as the hashes fell
+    corrected: tuple[int, int, int]
+    moved: int  # images assigned to another split than their hash gave
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    splits: dict[str, list[Entry]]
+    corrections: list[Correction]
+
+
+def hash_position(key: str, seed: int) -> float:
+    """Map a content hash to a number in [0, 1) that depends only on it and the seed."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _units(items: list[Entry], seed: int) -> list[tuple[float, list[Entry]]]:
+    """Group a class's entries into units that stay together, sorted by hash position.
+
+    Entries that share a duplicate group form one unit; every other entry is its
+    own unit, keyed by its pixel hash (or by its path when the manifest has none).
+    """
+    by_unit: dict[str, list[Entry]] = defaultdict(list)
+    for entry in items:
+        by_unit[entry.group or entry.content or entry.path].append(entry)
+    units = []
+    for members in by_unit.values():
+        key = min(member.content or member.path for member in members)
+        units.append((hash_position(key, seed), sorted(members, key=lambda e: e.path)))
+    return sorted(units, key=lambda unit: (unit[0], unit[1][0].path))
+
+
+def _nearest_cut(
+    cumulative: np.ndarray, nominal: int, low: int, high: int, accept
+) -> int | None:
+    """Return the cut index in [low, high] nearest `nominal` for which accept(images) holds."""
+    for offset in range(0, len(cumulative)):
+        for cut in (nominal - offset, nominal + offset):
+            if low <= cut <= high and accept(cumulative[cut]):
+                return cut
+    return None
+
+
+def stratified_split(
+    entries: list[Entry], *, val: float, test: float, seed: int, tolerance: float
+) -> SplitResult:
+    """Split each class into train, val and test by a seeded hash of each image's pixels.
+
+    An image's split depends only on its own content and the seed, so adding
+    images never moves existing ones. Where a class's hashed shares miss `val`
+    or `test` by more than `tolerance` of its images (at least one image), or a
+    split would be empty, the cut points move the fewest images to fix it; those
+    classes are returned as corrections. Duplicate groups never cross splits.
     """
     by_class: dict[str, list[Entry]] = defaultdict(list)
     for entry in entries:
@@ -52,7 +105,68 @@ def stratified_split(
 
     if len(by_class) < 2:
         raise SplitError(f"found {len(by_class)} class(es); a classifier needs at least 2")
+    _check_class_sizes(by_class, val, test)
 
+    splits: dict[str, list[Entry]] = {"train": [], "val": [], "test": []}
+    corrections = []
+    for label in sorted(by_class):
+        units = _units(by_class[label], seed)
+        positions = np.array([position for position, _ in units])
+        sizes = np.array([len(members) for _, members in units])
+        cumulative = np.concatenate([[0], np.cumsum(sizes)])  # images in the first i units
+        n_images = int(cumulative[-1])
+        _, target_val, target_test = split_counts(n_images, val, test)
+        slack = max(1, int(tolerance * n_images))
+
+        # Units below `test` go to test, the next ones up to `test + val` to val.
+        hashed_test = int(np.searchsorted(positions, test))
+        hashed_val_end = int(np.searchsorted(positions, test + val))
+        test_cut = _nearest_cut(
+            cumulative, hashed_test, 1, len(units) - 2,
+            lambda images: images >= 1 and abs(images - target_test) <= slack,
+        )
+        if test_cut is None:
+            raise _unsplittable(label, n_images, "test")
+        val_cut = _nearest_cut(
+            cumulative, max(hashed_val_end, test_cut + 1), test_cut + 1, len(units) - 1,
+            lambda images: images - cumulative[test_cut] >= 1
+            and abs(images - cumulative[test_cut] - target_val) <= slack,
+        )
+        if val_cut is None:
+            raise _unsplittable(label, n_images, "val")
+
+        assigned = {"test": units[:test_cut], "val": units[test_cut:val_cut], "train": units[val_cut:]}
+        for name, chosen in assigned.items():
+            splits[name] += [entry for _, members in chosen for entry in members]
+
+        hashed = _counts(cumulative, hashed_test, hashed_val_end)
+        corrected = _counts(cumulative, test_cut, val_cut)
+        if (test_cut, val_cut) != (hashed_test, hashed_val_end):
+            moved = _moved(cumulative, (hashed_test, hashed_val_end), (test_cut, val_cut))
+            corrections.append(Correction(label, hashed, corrected, moved))
+
+    for name in splits:
+        splits[name].sort(key=lambda entry: entry.path)
+    return SplitResult(splits, corrections)
+
+
+def _counts(cumulative: np.ndarray, test_cut: int, val_cut: int) -> tuple[int, int, int]:
+    total = int(cumulative[-1])
+    n_test = int(cumulative[test_cut])
+    n_val = int(cumulative[val_cut]) - n_test
+    return total - n_test - n_val, n_val, n_test
+
+
+def _moved(cumulative: np.ndarray, hashed: tuple[int, int], chosen: tuple[int, int]) -> int:
+    """Count images whose split differs between two sets of cut points."""
+    def split_of(index: int, cuts: tuple[int, int]) -> int:
+        return 0 if index < cuts[0] else 1 if index < cuts[1] else 2
+
+    sizes = np.diff(cumulative)
+    return int(sum(size for i, size in enumerate(sizes) if split_of(i, hashed) != split_of(i, chosen)))
+
+
+def _check_class_sizes(by_class: dict[str, list[Entry]], val: float, test: float) -> None:
     needed = min_class_size(val, test)
     too_small = {
         label: len(items)
@@ -67,20 +181,13 @@ def stratified_split(
             "Add images or remove the class"
         )
 
-    rng = np.random.default_rng(seed)
-    splits: dict[str, list[Entry]] = {"train": [], "val": [], "test": []}
-    for label in sorted(by_class):
-        items = sorted(by_class[label], key=lambda entry: entry.path)
-        order = rng.permutation(len(items))
-        n_train, n_val, _ = split_counts(len(items), val, test)
-        shuffled = [items[index] for index in order]
-        splits["train"] += shuffled[:n_train]
-        splits["val"] += shuffled[n_train : n_train + n_val]
-        splits["test"] += shuffled[n_train + n_val :]
 
-    for name in splits:
-        splits[name].sort(key=lambda entry: entry.path)
-    return splits
+def _unsplittable(label: str, n_images: int, split: str) -> SplitError:
+    return SplitError(
+        f"class {label!r} ({n_images} images) cannot give the {split} split its share within "
+        "split.tolerance while keeping duplicate groups together and every split non-empty; "
+        "add images to the class, or raise split.tolerance"
+    )
 
 
 def count_by_class(splits: dict[str, list[Entry]]) -> dict[str, dict]:
