@@ -2,7 +2,7 @@
 metrics/balance/{train,val,test}.csv.
 
 Each image's split comes from a seeded hash of its pixels, so adding images
-leaves existing ones where they were; duplicate groups stay in one split.
+leaves existing ones where they were. Duplicate groups stay in one split.
 """
 
 import logging

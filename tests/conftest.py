@@ -61,7 +61,7 @@ def ycck_jpeg(path: Path, size: tuple[int, int] = (64, 48)) -> None:
 
 
 def oversized_png_header(path: Path, width: int, height: int) -> None:
-    """Write a PNG that claims width x height pixels but holds almost no data."""
+    """Write a PNG that claims width x height pixels but contains almost no data."""
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
@@ -145,6 +145,20 @@ def write_messy_folder(root: Path) -> dict[str, str | None]:
     put("cats/conflict.jpg", "label_conflict", lambda p: noise_image(80).save(p, format="JPEG"))
     put("dogs/conflict.jpg", "label_conflict", lambda p: noise_image(80).save(p, format="JPEG"))
     return expected
+
+
+def add_folder_traps(source: Path, outside: Path) -> None:
+    """Add what fetch must skip to a class folder collection: an empty class and symlinks.
+
+    The links point out of `source` (to a file in `outside`) and nowhere (dangling).
+    """
+    (source / "empty class").mkdir()
+    outside.mkdir(parents=True, exist_ok=True)
+    secret = outside / "secret.jpg"
+    noise_image(90).save(secret, format="JPEG")
+    (source / "cats" / "link out.jpg").symlink_to(secret)
+    (source / "cats" / "dangling.jpg").symlink_to(outside / "missing.jpg")
+    (source / "linked class").symlink_to(outside, target_is_directory=True)
 
 
 def _truncated_jpeg(path: Path) -> None:

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import noise_image, write_class_images, write_messy_folder
+from conftest import add_folder_traps, noise_image, write_class_images, write_messy_folder
 from helpers import TINY_PARAMS, copy_project, run, set_params
 
 pytestmark = pytest.mark.slow
@@ -142,6 +142,7 @@ def test_plots_show_renders_each_once(repo):
 def test_messy_folder_goes_through_repro(tmp_path):
     source = tmp_path / "messy"
     expected = write_messy_folder(source)
+    add_folder_traps(source, tmp_path / "outside")
     project = copy_project(tmp_path / "project")
     set_params(project, **TINY_PARAMS, **{"data.source": str(source), "prepare.min_size": 32})
     run(["git", "init", "-q"], project)

@@ -81,12 +81,14 @@ def test_adding_ten_percent_moves_no_existing_image():
     first = split(existing)
     second = split(existing + added)
 
-    assert first.corrections == [] and second.corrections == []  # the case this test is about
+    # No class needed a correction, the case this test is about.
+    assert first.corrections == []
+    assert second.corrections == []
     before, after = split_of(first.splits), split_of(second.splits)
     assert {path: after[path] for path in before} == before
 
 
-def test_a_correction_moves_only_images_next_to_the_cut_points():
+def test_correction_moves_only_images_near_cuts():
     # The hashed val share of the birds misses 0.15 by more than the tolerance.
     existing = make_entries({"cats": 1000, "birds": 300})
     added = make_entries({"cats": 100, "birds": 30}, start=5000)
@@ -107,7 +109,12 @@ def test_hashed_split_without_correction_is_a_pure_threshold():
     assert result.corrections == []
     for entry in entries:
         position = hash_position(entry.content, 42)
-        expected = "test" if position < 0.15 else "val" if position < 0.30 else "train"
+        if position < 0.15:
+            expected = "test"
+        elif position < 0.30:
+            expected = "val"
+        else:
+            expected = "train"
         assert split_of(result.splits)[entry.path] == expected
 
 

@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from conftest import write_class_images, write_messy_folder
+from conftest import add_folder_traps, write_class_images, write_messy_folder
 from helpers import TINY_PARAMS, copy_project, run, run_stage, set_params
 
 
@@ -128,9 +128,17 @@ def test_prepare_and_split_outputs(project, tmp_path):
 def test_messy_folder_report(project, tmp_path):
     source = tmp_path / "messy"
     expected = write_messy_folder(source)
+    add_folder_traps(source, tmp_path / "outside")
     set_params(project, **TINY_PARAMS, **{"data.source": str(source), "prepare.min_size": 32})
 
     fetched = run_stages(project, ["fetch", "prepare", "split"])
+
+    assert sorted(p.name for p in (project / "data" / "raw").iterdir()) == [
+        "bird ñandú", "cats", "dogs",
+    ]
+    raw_files = {p for p in (project / "data" / "raw").rglob("*") if p.is_file()}
+    assert not any(p.is_symlink() for p in raw_files)
+    assert not any(p.name in ("link out.jpg", "dangling.jpg") for p in raw_files)
 
     prepared = project / "data" / "prepared"
     with (prepared / "dropped.csv").open(newline="", encoding="utf-8") as file:

@@ -1,7 +1,7 @@
 """Exact and near-duplicate images, and the same image under two labels.
 
 Two images are near duplicates when their 64-bit perceptual hashes differ in at
-most `max_distance` bits; resized and re-encoded copies of a photo land within a
+most `max_distance` bits. Resized and re-encoded copies of a photo land within a
 few bits of each other. Duplicates form groups through any chain of such pairs.
 A group inside one class keeps one copy; a group that spans classes is a label
 conflict, and every copy is dropped because no one can say which label is right.

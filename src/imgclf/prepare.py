@@ -44,7 +44,7 @@ RESIZE_POLICIES = ("squash", "center_crop", "pad")
 
 @dataclass(frozen=True)
 class Settings:
-    """How every image is converted; the `prepare` and `data` params."""
+    """Conversion settings for every image, from the `prepare` and `data` params."""
 
     image_size: int
     resize: str = "squash"

@@ -64,8 +64,8 @@ def hash_position(key: str, seed: int) -> float:
 def _units(items: list[Entry], seed: int) -> list[tuple[float, list[Entry]]]:
     """Group a class's entries into units that stay together, sorted by hash position.
 
-    Entries that share a duplicate group form one unit; every other entry is its
-    own unit, keyed by its pixel hash (or by its path when the manifest has none).
+    Entries that share a duplicate group form one unit. Every other entry is its
+    own unit, keyed by its pixel hash, or by its path when the manifest has none.
     """
     by_unit: dict[str, list[Entry]] = defaultdict(list)
     for entry in items:
@@ -94,10 +94,11 @@ def stratified_split(
     """Split each class into train, val and test by a seeded hash of each image's pixels.
 
     An image's split depends only on its own content and the seed, so adding
-    images never moves existing ones. Where a class's hashed shares miss `val`
-    or `test` by more than `tolerance` of its images (at least one image), or a
-    split would be empty, the cut points move the fewest images to fix it; those
-    classes are returned as corrections. Duplicate groups never cross splits.
+    images never moves existing ones. A class's hashed shares may miss `val` or
+    `test` by more than `tolerance` of its images (at least one image), or leave
+    a split empty. Then the cut points move just far enough, which moves the
+    fewest images, and the class is returned as a correction. Duplicate groups
+    never cross splits.
     """
     by_class: dict[str, list[Entry]] = defaultdict(list)
     for entry in entries:
