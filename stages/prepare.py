@@ -8,8 +8,10 @@ image found under two labels is dropped in every copy.
 
 import logging
 import time
+from collections import Counter, defaultdict
 
 from imgclf import config
+from imgclf.errors import StageError
 from imgclf.files import staged_directory, write_csv_atomic, write_json_atomic
 from imgclf.prepare import Settings, drop_duplicates, prepare_all, summarize
 from imgclf.stage import run_stage
@@ -17,8 +19,9 @@ from imgclf.stage import run_stage
 log = logging.getLogger("imgclf.stages.prepare")
 
 MAX_LOGGED = 20  # lines per kind of problem in the log; the full list is in dropped.csv
+LARGE_GROUP = 10  # duplicate groups above this size are named in the log
 
-MANIFEST_COLUMNS = ["path", "label", "source", "sha256", "content", "phash", "group"]
+MANIFEST_COLUMNS = ["path", "label", "source", "sha256", "content", "phash", "split_group"]
 DROPPED_COLUMNS = ["source", "label", "reason", "group", "kept_copy"]
 
 
@@ -38,6 +41,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
         outcomes, groups = drop_duplicates(decoded, params.prepare.near_duplicate_distance)
 
+        check_every_class_kept(outcomes)
         for before, after in zip(decoded, outcomes, strict=True):
             if before.output and not after.output:  # a duplicate's JPEG was already written
                 (staging / images_subdir / before.output).unlink()
@@ -59,6 +63,26 @@ def main() -> None:
     report(summary, dropped_rows, groups, images_per_second=len(decoded) / seconds)
 
 
+def check_every_class_kept(outcomes: list) -> None:
+    """Stop when a class folder lost every image, instead of training without that class."""
+    reasons_by_class: dict[str, Counter] = defaultdict(Counter)
+    for outcome in outcomes:
+        reasons_by_class[outcome.label][outcome.reason] += 1
+    emptied = {
+        label: reasons for label, reasons in reasons_by_class.items() if reasons[None] == 0
+    }
+    if emptied:
+        lines = [
+            f"{label!r}: " + ", ".join(f"{count} {reason}" for reason, count in sorted(r.items()))
+            for label, r in sorted(emptied.items())
+        ]
+        raise StageError(
+            "no usable image is left in class folder(s) " + "; ".join(lines) + ". Fix or "
+            "replace those files, or remove the folder from data.source. A label_conflict "
+            "means the same picture is also in another class"
+        )
+
+
 def manifest_row(outcome) -> dict:
     return {
         "path": (config.PREPARED_IMAGES_DIR / outcome.output).as_posix(),
@@ -67,7 +91,7 @@ def manifest_row(outcome) -> dict:
         "sha256": outcome.sha256,
         "content": outcome.fingerprint.content,
         "phash": outcome.fingerprint.phash,
-        "group": outcome.group or "",
+        "split_group": outcome.split_group or "",
     }
 
 
@@ -76,6 +100,13 @@ def report(summary: dict, dropped_rows: list[dict], groups: list, images_per_sec
     for group in [g for g in groups if g.kept is None][:MAX_LOGGED]:
         copies = ", ".join(member.source for member in group.members)
         log.warning("label conflict, every copy dropped (group %s): %s", group.id, copies)
+
+    for group in [g for g in groups if len(g.members) > LARGE_GROUP]:
+        log.warning(
+            "duplicate group %s joins %d images, starting with %s; if they are different "
+            "pictures, lower prepare.near_duplicate_distance",
+            group.id, len(group.members), group.members[0].source,
+        )
 
     unusable = [row for row in dropped_rows if row["group"] == ""]
     for row in unusable[:MAX_LOGGED]:

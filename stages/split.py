@@ -1,8 +1,8 @@
 """split: data/prepared/manifest.csv -> data/split/{train,val,test}.csv, metrics/split.json,
 metrics/balance/{train,val,test}.csv.
 
-Each image's split comes from a seeded hash of its pixels, so adding images
-leaves existing ones where they were. Duplicate groups stay in one split.
+Each image's split comes from a seeded hash of its file's bytes, so adding
+images leaves existing ones where they were. Look-alike groups stay in one split.
 """
 
 import logging
@@ -21,12 +21,12 @@ def main() -> None:
     entries = read_entries(config.PREPARED_MANIFEST)
 
     result = stratified_split(
-        entries, val=params.split.val, test=params.split.test, seed=params.seed,
-        tolerance=params.split.tolerance,
+        entries, val=params.split.val, test=params.split.test, seed=params.split.seed,
+        tolerance_sd=params.split.tolerance_sd,
     )
     for fix in result.corrections:
         log.warning(
-            "class %r: the hashes gave train/val/test %s, outside split.tolerance; moved %d "
+            "class %r: the hashes gave train/val/test %s, outside split.tolerance_sd; moved %d "
             "images nearest the cut points to get %s. Those images may move again when "
             "images are added", fix.label, "/".join(map(str, fix.hashed)), fix.moved,
             "/".join(map(str, fix.corrected)),
@@ -34,9 +34,9 @@ def main() -> None:
 
     with staged_directory(config.SPLIT_DIR) as staging:
         for name, items in result.splits.items():
-            rows = [{"path": e.path, "label": e.label, "content": e.content} for e in items]
+            rows = [{"path": e.path, "label": e.label, "sha256": e.sha256} for e in items]
             write_csv_atomic(
-                staging / config.split_manifest(name).name, ["path", "label", "content"], rows
+                staging / config.split_manifest(name).name, ["path", "label", "sha256"], rows
             )
 
     counts = count_by_class(result.splits)

@@ -12,6 +12,7 @@ from imgclf.duplicates import (
     Member,
     find_groups,
     hamming_pairs,
+    lookalike_groups,
     summarize_groups,
 )
 from imgclf.prepare import fingerprint
@@ -19,7 +20,9 @@ from imgclf.prepare import fingerprint
 
 def member(source: str, image: Image.Image) -> Member:
     prints = fingerprint(image)
-    return Member(source, source.split("/")[0], prints.content, prints.phash, prints.pixels)
+    return Member(
+        source, source.split("/")[0], prints.content, prints.phash, prints.colour, prints.pixels
+    )
 
 
 def reencoded(image: Image.Image, quality: int) -> Image.Image:
@@ -101,7 +104,8 @@ def test_chains_of_near_duplicates_form_one_group():
     hashes = [int(m.phash, 16) for m in members]
     # Fake a chain 0 - 1 - 2 in which 0 and 2 differ by 4 bits and neighbours by 2.
     chained = [
-        Member(m.source, m.label, m.content + str(i), f"{h ^ ((1 << (2 * i)) - 1):016x}", m.pixels)
+        Member(m.source, m.label, m.content + str(i), f"{h ^ ((1 << (2 * i)) - 1):016x}",
+               m.colour, m.pixels)
         for i, (m, h) in enumerate(zip(members, hashes, strict=True))
     ]
     assert len(find_groups(chained, max_distance=2)) == 1
@@ -132,3 +136,45 @@ def test_no_members_no_groups():
     assert find_groups([], 4) == []
     assert hamming_pairs([], 4)[0].size == 0
     assert np.array_equal(hamming_pairs(["00"], 4)[0], [])
+
+
+def test_colour_alone_tells_images_apart():
+    ramp = np.tile(np.linspace(0, 1, 64), (48, 1))[..., None]  # (48, 64, 1)
+    red = Image.fromarray((ramp * [255, 0, 0]).astype(np.uint8))
+    green = Image.fromarray((ramp * [0, 255, 0]).astype(np.uint8))
+    members = [
+        member("cats/flat red.png", Image.new("RGB", (64, 48), (220, 30, 30))),
+        member("dogs/flat blue.png", Image.new("RGB", (64, 48), (30, 30, 220))),
+        member("cats/ramp red.png", red),
+        member("birds/ramp green.png", green),
+    ]
+    assert distance(red, green) <= 4  # the perceptual hash alone would match them
+
+    assert find_groups(members, max_distance=4) == []
+
+
+def test_many_identical_hashes_form_one_group():
+    blank = Image.new("RGB", (64, 48), (128, 128, 128))
+    members = [member(f"cats/blank {i:04d}.png", blank) for i in range(3000)]
+    members.append(member("cats/other.png", noise_image(9)))
+
+    (group,) = find_groups(members, max_distance=4)
+
+    assert len(group.members) == 3000
+    assert group.kept.source == "cats/blank 0000.png"
+
+
+def test_recoloured_copy_is_a_lookalike_not_a_duplicate():
+    photo = noise_image(10, (128, 96))
+    grey = photo.convert("L").convert("RGB")
+    members = [
+        member("cats/colour.png", photo),
+        member("cats/grey.png", grey),
+        member("dogs/grey.png", grey.copy()),
+        member("cats/other.png", noise_image(11)),
+    ]
+
+    assert [g.labels for g in find_groups(members, 4)] == [["cats", "dogs"]]  # the two greys
+    lookalikes = lookalike_groups(members, 4)
+    assert set(lookalikes) == {"cats/colour.png", "cats/grey.png"}  # one class only
+    assert lookalikes["cats/colour.png"] == lookalikes["cats/grey.png"]

@@ -203,3 +203,33 @@ def test_corrupt_compressed_zip_rejected(image_folder, tmp_path):
 
     with pytest.raises(FetchError, match="damaged or not an archive"):
         fetch(str(archive), tmp_path / "raw")
+
+
+def test_unicode_variant_classes_rejected(tmp_path):
+    composed, decomposed = "\u00f1and\u00fa", "n\u0303andu\u0301"  # "ñandú" twice
+    write_class_images(tmp_path / "source" / "train", {composed: 2, "dogs": 2})
+    write_class_images(tmp_path / "source" / "test", {decomposed: 1, "dogs": 1})
+
+    with pytest.raises(FetchError, match="Unicode normalization"):
+        fetch(str(tmp_path / "source"), tmp_path / "raw")
+
+
+def test_pipe_in_class_folder_skipped(image_folder, tmp_path):
+    os.mkfifo(image_folder / "cats" / "pipe.jpg")
+
+    counts = fetch(str(image_folder), tmp_path / "raw")
+
+    assert counts["cats"] == 20
+    assert not (tmp_path / "raw" / "cats" / "pipe.jpg").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_file_skipped(image_folder, tmp_path):
+    locked = image_folder / "cats" / "locked.jpg"
+    shutil.copy(image_folder / "cats" / "cats_000.jpg", locked)
+    locked.chmod(0)
+
+    counts = fetch(str(image_folder), tmp_path / "raw")
+
+    assert counts["cats"] == 20
+    assert not (tmp_path / "raw" / "cats" / "locked.jpg").exists()

@@ -1,4 +1,5 @@
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,10 @@ from imgclf.prepare import (
     EMPTY,
     HIDDEN,
     NOT_AN_IMAGE,
+    INVALID_NAME,
     TOO_MANY_PIXELS,
     TOO_SMALL,
+    UNREADABLE,
     output_name,
     output_names,
     Settings,
@@ -434,3 +437,79 @@ def test_messy_folder_gets_its_expected_outcomes(tmp_path):
         "groups": 2, "exact_groups": 1, "label_conflict_groups": 1,
         "dropped": {"duplicate": 1, "near_duplicate": 1, "label_conflict": 2},
     }
+
+
+def test_long_file_name_shortened(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "cats").mkdir(parents=True)
+    long_name = "y" * 250 + ".png"  # 254 bytes: valid, but 258 with ".jpg" added
+    noise_image(10).save(raw / "cats" / long_name)
+    noise_image(11).save(raw / "cats" / ("y" * 250 + ".gif"), format="GIF")
+
+    outcomes = prepare_all(raw, tmp_path / "out", Settings(SIZE), workers=1)
+
+    outputs = [o.output for o in outcomes]
+    assert all(o.reason is None for o in outcomes)
+    assert len(set(outputs)) == 2
+    assert all(len(Path(output).name.encode()) <= 255 for output in outputs)
+    assert all((tmp_path / "out" / output).is_file() for output in outputs)
+
+
+def test_file_name_not_utf8_dropped(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "cats").mkdir(parents=True)
+    noise_image(12).save(raw / "cats" / os.fsdecode(b"caf\xe9.jpg"), format="JPEG")
+    noise_image(13).save(raw / "cats" / "fine.jpg", format="JPEG")
+
+    outcomes = prepare_all(raw, tmp_path / "out", Settings(SIZE), workers=1)
+
+    reasons = {o.source: o.reason for o in outcomes}
+    assert reasons == {"cats/caf\\xe9.jpg": INVALID_NAME, "cats/fine.jpg": None}
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_file_dropped(tmp_path):
+    source = tmp_path / "locked.jpg"
+    noise_image(14).save(source, format="JPEG")
+    source.chmod(0)
+    assert prepare_one(tmp_path, source)[0] == UNREADABLE
+
+
+@pytest.mark.parametrize(
+    ("values", "expected_mean"),
+    [((0.0, 1.0), 127.5), ((0.0, 1000.0), 127.5), ((0.0, 100.0), 50.0)],
+    ids=["float in 0-1", "float above 255", "float in 0-255"],
+)
+def test_float_image_scaled(tmp_path, values, expected_mean):
+    ramp = np.tile(np.linspace(*values, 64, dtype=np.float32), (64, 1))
+    source = tmp_path / "float.tif"
+    Image.fromarray(ramp, mode="F").save(source)
+
+    reason, target = prepare_one(tmp_path, source)
+
+    assert reason is None
+    with Image.open(target) as image:
+        assert abs(np.asarray(image).mean() - expected_mean) < 4
+
+
+def test_float_image_with_nan_kept(tmp_path):
+    pixels = np.full((40, 40), 0.5, dtype=np.float32)
+    pixels[:10] = np.nan
+    pixels[10:20] = np.inf
+    source = tmp_path / "nan.tif"
+    Image.fromarray(pixels, mode="F").save(source)
+
+    assert prepare_one(tmp_path, source)[0] is None
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_transparent_colour_goes_onto_background(tmp_path, mode):
+    source = tmp_path / "keyed.png"
+    black = (0, 0, 0) if mode == "RGB" else 0
+    Image.new(mode, (40, 40), black).save(source, transparency=black)  # a tRNS chunk
+
+    reason, target = prepare_one(tmp_path, source, background="#00ff00")
+
+    assert reason is None
+    with Image.open(target) as result:
+        assert np.asarray(result)[SIZE // 2, SIZE // 2, 1] > 230

@@ -111,7 +111,7 @@ def test_prepare_and_split_outputs(project, tmp_path):
     run_stages(project, ["fetch", "prepare", "split"])
 
     manifest = (project / "data" / "prepared" / "manifest.csv").read_text().splitlines()
-    assert manifest[0] == "path,label,source,sha256,content,phash,group"
+    assert manifest[0] == "path,label,source,sha256,content,phash,split_group"
     assert len(manifest) == 21
     dropped = (project / "data" / "prepared" / "dropped.csv").read_text()
     assert "dogs/broken.jpg,dogs,corrupt_or_truncated" in dropped
@@ -162,9 +162,25 @@ def test_messy_folder_report(project, tmp_path):
     assert "cats/conflict.jpg, dogs/conflict.jpg" in fetched
 
 
+def test_class_emptied_by_duplicates_stops_prepare(project, tmp_path):
+    source = write_class_images(tmp_path / "images", {"cats": 10, "dogs": 10})
+    (source / "ghost").mkdir()
+    for index in range(3):
+        shutil.copy(source / "cats" / f"cats_00{index}.jpg", source / "ghost" / f"g{index}.jpg")
+    set_params(project, **TINY_PARAMS, **{"data.source": str(source)})
+    run_stages(project, ["fetch"])
+
+    result = run_stage(project, "prepare")
+
+    assert result.returncode == 1
+    assert "no usable image is left in class folder(s) 'ghost': 3 label_conflict" in result.output
+    assert "Traceback" not in result.output
+    assert not (project / "data" / "prepared").exists()
+
+
 def test_adding_images_keeps_every_split(project, tmp_path):
     source = write_class_images(tmp_path / "images", {"cats": 300, "dogs": 300}, size=40)
-    set_params(project, **TINY_PARAMS, **{"data.source": str(source), "split.tolerance": 0.05})
+    set_params(project, **TINY_PARAMS, **{"data.source": str(source)})
     first = run_stages(project, ["fetch", "prepare", "split"])
     before = split_assignment(project)
 
@@ -174,17 +190,17 @@ def test_adding_images_keeps_every_split(project, tmp_path):
     second = run_stages(project, ["fetch", "prepare", "split"])
     after = split_assignment(project)
 
-    assert "outside split.tolerance" not in first + second
+    assert "outside split.tolerance_sd" not in first + second
     assert len(after) == len(before) + 60
-    assert {content: after[content] for content in before} == before
+    assert {sha256: after[sha256] for sha256 in before} == before
 
 
 def split_assignment(project) -> dict[str, str]:
-    """Map each image's pixel hash to its split."""
+    """Map each image's file hash to its split."""
     assignment = {}
     for name in ("train", "val", "test"):
         with (project / "data" / "split" / f"{name}.csv").open(newline="") as file:
-            assignment.update({row["content"]: name for row in csv.DictReader(file)})
+            assignment.update({row["sha256"]: name for row in csv.DictReader(file)})
     return assignment
 
 
@@ -255,7 +271,9 @@ def test_sigmoid_head_balanced_weights_run(project, tmp_path):
 
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert set(metrics["per_class"]) == {"cats", "dogs"}
-    assert metrics["n_images"] == 3  # round(0.15 * 12) cats + max(1, round(0.15 * 6)) dogs
+    split = json.loads((project / "metrics" / "split.json").read_text())
+    assert metrics["n_images"] == split["test"]["total"]
+    assert min(split["test"]["per_class"].values()) >= 1
     model_file = project / "models" / "model.keras"
     assert model_file.is_file()
 

@@ -65,7 +65,8 @@ class PrepareParams(Section):
     background: Annotated[str, Field(pattern=r"^#[0-9a-fA-F]{6}$")]  # "#rrggbb"
     min_size: Annotated[int, Field(ge=1)]  # shorter side in pixels, before resizing
     max_pixels: Annotated[int, Field(ge=1, le=PILLOW_PIXEL_LIMIT)]  # width x height
-    near_duplicate_distance: Annotated[int, Field(ge=0, le=32)]  # bits of a 64-bit hash
+    # Bits of a 64-bit hash. Above about 10, chains of loose matches join unrelated photos.
+    near_duplicate_distance: Annotated[int, Field(ge=0, le=10)]
     jpeg_quality: Annotated[int, Field(ge=50, le=100)]
     workers: Annotated[int, Field(ge=0)]  # 0 uses every CPU core
 
@@ -73,9 +74,10 @@ class PrepareParams(Section):
 class SplitParams(Section):
     val: Fraction
     test: Fraction
-    # How far a split's share of a class may stray from val or test before the
-    # hashed assignment is corrected; never less than one image.
-    tolerance: Annotated[float, Field(ge=0, lt=0.5)]
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)]
+    # How far a class's val or test count may stray from its target before the
+    # hashed assignment is corrected, in standard deviations of the hashing noise.
+    tolerance_sd: Annotated[float, Field(ge=0, le=10)]
 
     @model_validator(mode="after")
     def _leave_room_for_train(self) -> SplitParams:

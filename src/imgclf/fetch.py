@@ -13,6 +13,7 @@ import logging
 import shutil
 import tarfile
 import tempfile
+import unicodedata
 import zipfile
 import zlib
 from collections import Counter
@@ -197,15 +198,17 @@ def class_folders(root: Path) -> dict[str, list[Path]]:
 
 
 def _reject_case_variants(classes: dict[str, list[Path]]) -> None:
+    # "ñ" can be one code point (NFC, usual on Linux and Windows) or "n" and a
+    # combining tilde (NFD, from macOS); both print alike but are different names.
     by_folded: dict[str, list[str]] = {}
     for name in classes:
-        by_folded.setdefault(name.casefold(), []).append(name)
+        by_folded.setdefault(unicodedata.normalize("NFC", name).casefold(), []).append(name)
     variants = [names for names in by_folded.values() if len(names) > 1]
     if variants:
-        listed = "; ".join(" and ".join(repr(name) for name in names) for names in variants)
+        listed = "; ".join(" and ".join(ascii(name) for name in names) for names in variants)
         raise FetchError(
-            f"class folders {listed} differ only in letter case; rename them to one "
-            "spelling so they form one class"
+            f"class folders {listed} differ only in letter case or Unicode normalization; "
+            "rename them to one spelling so they form one class"
         )
 
 
@@ -242,9 +245,18 @@ def merge_classes(source_root: Path, dest: Path) -> Counter[str]:
                 if path.is_symlink() and not _resolves_inside(path, folder):
                     log.warning("skipped symlink %s: it points outside %s", path, folder)
                     continue
+                if not path.is_file():
+                    log.warning("skipped %s: not a regular file (a pipe, socket or device)", path)
+                    continue
+                try:
+                    source_file = path.open("rb")
+                except OSError as error:
+                    log.warning("skipped %s: it could not be opened (%s)", path, error.strerror)
+                    continue
                 target = _unique_target(dest / label / path.relative_to(folder), folder.parent.name)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, target)
+                with source_file, target.open("wb") as copy:
+                    shutil.copyfileobj(source_file, copy)
                 counts[label] += 1
     return counts
 

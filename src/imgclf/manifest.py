@@ -13,8 +13,8 @@ from imgclf.errors import StageError
 class Entry:
     path: str  # relative to the repository root
     label: str
-    content: str = ""  # SHA-256 of the decoded pixels, in prepare's manifest
-    group: str = ""  # duplicate group, when the image had copies
+    sha256: str = ""  # of the raw file's bytes, in prepare's and split's manifests
+    group: str = ""  # images of one class that look alike and must share a split
 
 
 def read_entries(path: Path) -> list[Entry]:
@@ -28,7 +28,7 @@ def read_entries(path: Path) -> list[Entry]:
         if missing:
             raise StageError(f"manifest {path} lacks the column(s) {sorted(missing)}")
         entries = [
-            Entry(row["path"], row["label"], row.get("content") or "", row.get("group") or "")
+            Entry(row["path"], row["label"], row.get("sha256") or "", row.get("split_group") or "")
             for row in reader
         ]
 

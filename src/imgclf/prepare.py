@@ -38,6 +38,10 @@ NOT_AN_IMAGE = "not_an_image"
 CORRUPT = "corrupt_or_truncated"
 TOO_SMALL = "too_small"
 TOO_MANY_PIXELS = "too_many_pixels"
+UNREADABLE = "unreadable"  # the file could not be opened or read (permissions, I/O error)
+INVALID_NAME = "invalid_file_name"  # the path is not valid UTF-8, so no manifest can name it
+
+MAX_NAME_BYTES = 255  # the limit on one path component on Linux, macOS and Windows file systems
 
 RESIZE_POLICIES = ("squash", "center_crop", "pad")
 
@@ -58,6 +62,7 @@ class Settings:
 class Fingerprint:
     content: str  # SHA-256 of the oriented RGB pixels and their width and height
     phash: str  # 64-bit perceptual hash as 16 hex digits
+    colour: str  # a 4x4 RGB thumbnail as 96 hex digits; pHash sees only brightness
     pixels: int  # width x height before resizing
 
 
@@ -71,6 +76,7 @@ class Outcome:
     fingerprint: Fingerprint | None = None  # None when dropped while decoding
     group: str | None = None  # duplicate group, when the image has copies
     kept_copy: str | None = None  # for a dropped duplicate: the source that stays
+    split_group: str | None = None  # look-alikes in its class that must share its split
 
 
 def output_name(source: Path) -> Path:
@@ -79,9 +85,13 @@ def output_name(source: Path) -> Path:
     Two sources can still map to one name (`x.png` and `x.png.jpg`);
     `output_names` resolves those.
     """
-    if source.suffix == ".jpg":
-        return source
-    return source.with_name(source.name + ".jpg")
+    name = source.name if source.suffix == ".jpg" else source.name + ".jpg"
+    if len(os.fsencode(name)) > MAX_NAME_BYTES:
+        # Keep the start of the name and make it unique with a hash of the whole path.
+        digest = hashlib.sha256(os.fsencode(source.as_posix())).hexdigest()[:12]
+        start = os.fsencode(source.name)[: MAX_NAME_BYTES - 32].decode(errors="ignore")
+        name = f"{start}~{digest}.jpg"
+    return source.with_name(name)
 
 
 def output_names(sources: list[str]) -> dict[str, Path]:
@@ -109,25 +119,30 @@ def to_8bit(image: Image.Image) -> Image.Image:
 
     Pillow's own convert() clips these modes at 255 instead of scaling, which
     turns most 16-bit photos white. 16-bit images are scaled by their full range
-    (65535); 32-bit ones by their maximum when it exceeds 255.
+    (65535). Float images within [0, 1] are scaled to [0, 255]. Other 32-bit
+    images are scaled by their maximum when it exceeds 255. NaN and infinite
+    values become 0.
     """
-    pixels = np.asarray(image, dtype=np.float64)
+    pixels = np.asarray(image, dtype=np.float32)
+    pixels = np.where(np.isfinite(pixels), pixels, 0)
+    top = pixels.max(initial=0)
     if image.mode.startswith("I;16"):
         pixels = pixels / 257.0
-    elif pixels.max(initial=0) > 255:
-        pixels = pixels * (255.0 / pixels.max())
+    elif image.mode == "F" and pixels.min(initial=0) >= 0 and top <= 1:
+        pixels = pixels * 255.0
+    elif top > 255:
+        pixels = pixels * (255.0 / top)
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L")
 
 
 def to_rgb(image: Image.Image, background: str = "#ffffff") -> Image.Image:
     """Convert any Pillow mode to RGB, compositing transparency onto `background` ("#rrggbb")."""
-    if image.mode == "RGB":
-        return image
     if image.mode.startswith("I") or image.mode == "F":
         return to_8bit(image).convert("RGB")
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        image.mode == "P" and "transparency" in image.info
-    )
+    # "transparency" marks one transparent colour (a PNG tRNS chunk) in P, L and RGB images.
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if image.mode == "RGB" and not has_alpha:
+        return image
     if has_alpha:
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, background)
@@ -183,6 +198,7 @@ def fingerprint(image: Image.Image) -> Fingerprint:
     return Fingerprint(
         content=digest.hexdigest(),
         phash=str(imagehash.phash(image)),  # DCT of a 32x32 grayscale copy, 8x8 bits
+        colour=image.resize((4, 4), Image.Resampling.BOX).tobytes().hex(),
         pixels=image.width * image.height,
     )
 
@@ -203,11 +219,18 @@ def prepare_image(
     Returns (None, fingerprint) on success, or (the reason the file was dropped, None).
     Sizes are checked from the header before any pixel is decoded.
     """
-    if source.stat().st_size == 0:
-        return EMPTY, None
-
     try:
-        with _quiet_exif_warnings(), Image.open(source) as image:
+        if source.stat().st_size == 0:
+            return EMPTY, None
+        file = source.open("rb")
+    except OSError:
+        return UNREADABLE, None
+
+    # NOTE: libjpeg only warns about some damage, such as a JPEG cut short and
+    # closed with an end marker. Pillow does not raise for those warnings, so
+    # such a file is kept, with its missing part filled in grey.
+    try:
+        with file, _quiet_exif_warnings(), Image.open(file) as image:
             width, height = image.size  # from the header; nothing decoded yet
             if width * height > settings.max_pixels:
                 return TOO_MANY_PIXELS, None
@@ -249,21 +272,44 @@ class _Job:
 
 def _run_job(job: _Job) -> Outcome:
     source_path = job.raw_dir / job.source
-    label = Path(job.source).parts[0]
-    name = job.output
+    source = printable(job.source)
+    label = Path(source).parts[0]
     prints = None
-    if any(part.startswith(".") for part in Path(job.source).parts):
+    if source != job.source:
+        reason = INVALID_NAME
+    elif any(part.startswith(".") for part in Path(job.source).parts):
         reason = HIDDEN  # .DS_Store, ._resource forks, files in hidden folders
     else:
-        reason, prints = prepare_image(source_path, job.out_dir / name, job.settings)
+        reason, prints = prepare_image(source_path, job.out_dir / job.output, job.settings)
+
+    try:
+        sha256 = sha256_of(source_path)
+    except OSError:
+        (job.out_dir / job.output).unlink(missing_ok=True)  # written before the read failed
+        sha256, reason, prints = "", UNREADABLE, None
     return Outcome(
-        source=job.source,
+        source=source,
         label=label,
-        sha256=sha256_of(source_path),
-        output=None if reason else name.as_posix(),
+        sha256=sha256,
+        output=None if reason else job.output.as_posix(),
         reason=reason,
         fingerprint=prints,
     )
+
+
+def printable(source: str) -> str:
+    """Return `source` as valid UTF-8, with any undecodable bytes of its name written as \\xNN."""
+    return os.fsencode(source).decode("utf-8", errors="backslashreplace")
+
+
+def _die_with_parent() -> None:
+    """End this worker process when the stage process dies, even by SIGKILL (Linux only)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1  # from <sys/prctl.h>
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def list_sources(raw_dir: Path) -> list[str]:
@@ -287,7 +333,7 @@ def prepare_all(raw_dir: Path, out_dir: Path, settings: Settings, *, workers: in
     names = output_names(sources)
     jobs = [_Job(raw_dir, out_dir, source, names[source], settings) for source in sources]
     processes = workers or usable_cpu_count()
-    with ProcessPoolExecutor(max_workers=processes) as pool:
+    with ProcessPoolExecutor(max_workers=processes, initializer=_die_with_parent) as pool:
         results = pool.map(_run_job, jobs, chunksize=16)
         # Redraw at most every 2 s when stderr is a log file, as under `dvc repro`.
         interval = 0.1 if sys.stderr.isatty() else 2.0
@@ -300,30 +346,36 @@ def drop_duplicates(
 ) -> tuple[list[Outcome], list[duplicates.Group]]:
     """Mark every copy but one in each duplicate group as dropped, and every label conflict.
 
-    Returns the outcomes in the same order, and the groups found among the kept images.
+    Kept images that still look alike within their class get a shared
+    `split_group`. Returns the outcomes in the same order, and the duplicate groups.
     """
-    members = [
-        duplicates.Member(o.source, o.label, o.fingerprint.content, o.fingerprint.phash,
-                          o.fingerprint.pixels)
-        for o in outcomes
-        if o.reason is None and o.fingerprint is not None
-    ]
+    members = [_member(o) for o in outcomes if o.reason is None and o.fingerprint is not None]
     groups = duplicates.find_groups(members, max_distance)
 
-    decided: dict[str, Outcome] = {}
-    by_source = {o.source: o for o in outcomes}
+    decided = {o.source: o for o in outcomes}
     for group in groups:
         kept_source = group.kept.source if group.kept else None
         for member in group.members:
             reason = group.reason(member)
             decided[member.source] = replace(
-                by_source[member.source],
-                output=None if reason else by_source[member.source].output,
+                decided[member.source],
+                output=None if reason else decided[member.source].output,
                 reason=reason,
                 group=group.id,
                 kept_copy=kept_source if reason else None,
             )
-    return [decided.get(o.source, o) for o in outcomes], groups
+
+    kept = [_member(o) for o in decided.values() if o.reason is None and o.fingerprint is not None]
+    for source, split_group in duplicates.lookalike_groups(kept, max_distance).items():
+        decided[source] = replace(decided[source], split_group=split_group)
+    return [decided[o.source] for o in outcomes], groups
+
+
+def _member(outcome: Outcome) -> duplicates.Member:
+    prints = outcome.fingerprint
+    return duplicates.Member(
+        outcome.source, outcome.label, prints.content, prints.phash, prints.colour, prints.pixels
+    )
 
 
 def usable_cpu_count() -> int:

@@ -56,7 +56,7 @@ class SplitResult:
 
 
 def hash_position(key: str, seed: int) -> float:
-    """Map a content hash to a number in [0, 1) that depends only on it and the seed."""
+    """Map a file hash to a number in [0, 1) that depends only on it and the seed."""
     digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
@@ -65,14 +65,14 @@ def _units(items: list[Entry], seed: int) -> list[tuple[float, list[Entry]]]:
     """Group a class's entries into units that stay together, sorted by hash position.
 
     Entries that share a duplicate group form one unit. Every other entry is its
-    own unit, keyed by its pixel hash, or by its path when the manifest has none.
+    own unit, keyed by its file hash, or by its path when the manifest has none.
     """
     by_unit: dict[str, list[Entry]] = defaultdict(list)
     for entry in items:
-        by_unit[entry.group or entry.content or entry.path].append(entry)
+        by_unit[entry.group or entry.sha256 or entry.path].append(entry)
     units = []
     for members in by_unit.values():
-        key = min(member.content or member.path for member in members)
+        key = min(member.sha256 or member.path for member in members)
         units.append((hash_position(key, seed), sorted(members, key=lambda e: e.path)))
     return sorted(units, key=lambda unit: (unit[0], unit[1][0].path))
 
@@ -88,17 +88,28 @@ def _nearest_cut(
     return None
 
 
-def stratified_split(
-    entries: list[Entry], *, val: float, test: float, seed: int, tolerance: float
-) -> SplitResult:
-    """Split each class into train, val and test by a seeded hash of each image's pixels.
+def allowed_miss(n_images: int, fraction: float, tolerance_sd: float) -> int:
+    """Return how many images a hashed split count may miss its target by.
 
-    An image's split depends only on its own content and the seed, so adding
-    images never moves existing ones. A class's hashed shares may miss `val` or
-    `test` by more than `tolerance` of its images (at least one image), or leave
-    a split empty. Then the cut points move just far enough, which moves the
-    fewest images, and the class is returned as a correction. Duplicate groups
-    never cross splits.
+    Hashing puts each image in a split independently, so a class's count in a
+    split of `fraction` has the binomial standard deviation
+    sqrt(n * fraction * (1 - fraction)). A miss beyond `tolerance_sd` of them
+    is corrected. At 3, about 1 count in 370 is corrected.
+    """
+    return math.floor(tolerance_sd * math.sqrt(n_images * fraction * (1 - fraction)))
+
+
+def stratified_split(
+    entries: list[Entry], *, val: float, test: float, seed: int, tolerance_sd: float
+) -> SplitResult:
+    """Split each class into train, val and test by a seeded hash of each image's file.
+
+    An image's split depends only on its file's bytes and the seed, so adding
+    images moves no existing one unless a correction is needed. A class's
+    hashed val or test count may miss its target by more than `allowed_miss`,
+    or leave a split empty. Then the cut points move just far enough, which
+    moves the fewest images, and the class is returned as a correction.
+    Duplicate groups never cross splits.
     """
     by_class: dict[str, list[Entry]] = defaultdict(list)
     for entry in entries:
@@ -117,21 +128,22 @@ def stratified_split(
         cumulative = np.concatenate([[0], np.cumsum(sizes)])  # images in the first i units
         n_images = int(cumulative[-1])
         _, target_val, target_test = split_counts(n_images, val, test)
-        slack = max(1, int(tolerance * n_images))
+        val_slack = allowed_miss(n_images, val, tolerance_sd)
+        test_slack = allowed_miss(n_images, test, tolerance_sd)
 
         # Units below `test` go to test, the next ones up to `test + val` to val.
         hashed_test = int(np.searchsorted(positions, test))
         hashed_val_end = int(np.searchsorted(positions, test + val))
         test_cut = _nearest_cut(
             cumulative, hashed_test, 1, len(units) - 2,
-            lambda images: images >= 1 and abs(images - target_test) <= slack,
+            lambda images: images >= 1 and abs(images - target_test) <= test_slack,
         )
         if test_cut is None:
             raise _unsplittable(label, n_images, "test")
         val_cut = _nearest_cut(
             cumulative, max(hashed_val_end, test_cut + 1), test_cut + 1, len(units) - 1,
             lambda images: images - cumulative[test_cut] >= 1
-            and abs(images - cumulative[test_cut] - target_val) <= slack,
+            and abs(images - cumulative[test_cut] - target_val) <= val_slack,
         )
         if val_cut is None:
             raise _unsplittable(label, n_images, "val")
@@ -186,8 +198,8 @@ def _check_class_sizes(by_class: dict[str, list[Entry]], val: float, test: float
 def _unsplittable(label: str, n_images: int, split: str) -> SplitError:
     return SplitError(
         f"class {label!r} ({n_images} images) cannot give the {split} split its share within "
-        "split.tolerance while keeping duplicate groups together and every split non-empty; "
-        "add images to the class, or raise split.tolerance"
+        "split.tolerance_sd without splitting a duplicate group or leaving a split empty. "
+        "Add images to the class, or raise split.tolerance_sd"
     )
 
 
