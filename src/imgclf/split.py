@@ -72,8 +72,9 @@ def _units(items: list[Entry], seed: int) -> list[tuple[float, list[Entry]]]:
         by_unit[entry.group or entry.sha256 or entry.path].append(entry)
     units = []
     for members in by_unit.values():
-        key = min(member.sha256 or member.path for member in members)
-        units.append((hash_position(key, seed), sorted(members, key=lambda e: e.path)))
+        # A unit goes where its first member by position goes.
+        position = min(hash_position(member.sha256 or member.path, seed) for member in members)
+        units.append((position, sorted(members, key=lambda e: e.path)))
     return sorted(units, key=lambda unit: (unit[0], unit[1][0].path))
 
 
