@@ -26,6 +26,12 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+def init_dvc(project: Path) -> None:
+    """Run `dvc init` in a git repository and add the project's custom plot templates."""
+    run(["dvc", "init", "-q"], project)
+    shutil.copytree(PROJECT_ROOT / ".dvc" / "plots", project / ".dvc" / "plots")
+
+
 def set_params(project: Path, **values: object) -> None:
     """Set dotted keys in the project's params.yaml, e.g. set_params(p, **{"data.source": "x"})."""
     yaml = YAML()  # round-trip mode keeps the comments

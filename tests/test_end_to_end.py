@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import copy_project, run, set_params
+from helpers import copy_project, init_dvc, run, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def test_cats_and_dogs_reaches_97_percent(tmp_path):
     project = copy_project(tmp_path / "project")
     set_params(project, **{"train_head.epochs": 2, "finetune.epochs": 1})
     run(["git", "init", "-q"], project)
-    run(["dvc", "init", "-q"], project)
+    init_dvc(project)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "project"], project)
 

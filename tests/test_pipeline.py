@@ -6,7 +6,7 @@ import re
 import pytest
 
 from conftest import add_folder_traps, noise_image, write_class_images, write_messy_folder
-from helpers import TINY_PARAMS, copy_project, run, set_params
+from helpers import TINY_PARAMS, copy_project, init_dvc, run, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ def repo(tmp_path_factory):
     set_params(project, **TINY_PARAMS, **{"data.source": str(source)})
 
     run(["git", "init", "-q"], project)
-    run(["dvc", "init", "-q"], project)
+    init_dvc(project)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "project"], project)
 
@@ -135,6 +135,8 @@ def test_plots_show_renders_each_once(repo):
     assert len(curves) == 8  # train/eval x loss/accuracy, for train_head and finetune
     balance = [name for name in rendered if name.startswith("Class balance")]
     assert len(balance) == 3  # train, val and test
+    balance_spec = json.dumps(rendered["Class balance, train"])
+    assert '"zero": true' in balance_spec  # the project's template, not DVC's bar_horizontal
     assert len(rendered) == 12  # each plot once, none also drawn from a stage output
     assert (project / "plots-html" / "index.html").is_file()
 
@@ -146,7 +148,7 @@ def test_messy_folder_goes_through_repro(tmp_path):
     project = copy_project(tmp_path / "project")
     set_params(project, **TINY_PARAMS, **{"data.source": str(source), "prepare.min_size": 32})
     run(["git", "init", "-q"], project)
-    run(["dvc", "init", "-q"], project)
+    init_dvc(project)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "project"], project)
 
