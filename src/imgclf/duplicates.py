@@ -3,9 +3,9 @@
 Two images are near duplicates when their 64-bit perceptual hashes differ in at
 most `max_distance` bits and their 4x4 colour thumbnails match within
 MAX_COLOUR_DIFFERENCE. Resized and re-encoded copies of a photo land within a
-few bits of each other. The perceptual hash sees only brightness, so the
-colour check keeps apart images that differ only in colour (a red and a green
-traffic light, flat fills), which can be exactly what tells classes apart.
+few bits of each other. The perceptual hash is computed from brightness only.
+The colour check keeps apart images that differ only in colour (a red and a
+green traffic light, flat fills), because colour can be what tells classes apart.
 Duplicates form groups through any chain of such pairs.
 A group inside one class keeps one copy; a group that spans classes is a label
 conflict, and every copy is dropped because no one can say which label is right.

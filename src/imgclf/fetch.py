@@ -199,7 +199,7 @@ def class_folders(root: Path) -> dict[str, list[Path]]:
 
 def _reject_case_variants(classes: dict[str, list[Path]]) -> None:
     # "ñ" can be one code point (NFC, usual on Linux and Windows) or "n" and a
-    # combining tilde (NFD, from macOS); both print alike but are different names.
+    # combining tilde (NFD, written by macOS). Both print alike but are different names.
     by_folded: dict[str, list[str]] = {}
     for name in classes:
         by_folded.setdefault(unicodedata.normalize("NFC", name).casefold(), []).append(name)

@@ -62,7 +62,7 @@ class Settings:
 class Fingerprint:
     content: str  # SHA-256 of the oriented RGB pixels and their width and height
     phash: str  # 64-bit perceptual hash as 16 hex digits
-    colour: str  # a 4x4 RGB thumbnail as 96 hex digits; pHash sees only brightness
+    colour: str  # a 4x4 RGB thumbnail as 96 hex digits; pHash ignores colour
     pixels: int  # width x height before resizing
 
 

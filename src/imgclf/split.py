@@ -174,7 +174,12 @@ def _counts(cumulative: np.ndarray, test_cut: int, val_cut: int) -> tuple[int, i
 def _moved(cumulative: np.ndarray, hashed: tuple[int, int], chosen: tuple[int, int]) -> int:
     """Count images whose split differs between two sets of cut points."""
     def split_of(index: int, cuts: tuple[int, int]) -> int:
-        return 0 if index < cuts[0] else 1 if index < cuts[1] else 2
+        # 0 test, 1 val, 2 train: units are ordered by hash position.
+        if index < cuts[0]:
+            return 0
+        if index < cuts[1]:
+            return 1
+        return 2
 
     sizes = np.diff(cumulative)
     return int(sum(size for i, size in enumerate(sizes) if split_of(i, hashed) != split_of(i, chosen)))
