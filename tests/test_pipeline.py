@@ -45,10 +45,14 @@ def test_first_repro_runs_every_stage(repo):
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
     split = json.loads((project / "metrics" / "split.json").read_text())
     assert metrics["n_images"] == split["test"]["total"]
-    assert set(metrics["per_class"]) == {"cats", "dogs"}
-    assert sum(c["support"] for c in metrics["per_class"].values()) == metrics["n_images"]
+    for model in ("final", "head"):
+        assert set(metrics[model]["per_class"]) == {"cats", "dogs"}
+        supports = [c["support"] for c in metrics[model]["per_class"].values()]
+        assert sum(supports) == metrics["n_images"]
+    assert "accuracy" in metrics["gain"]
     confusion = project / "dvclive" / "evaluate" / "plots" / "sklearn" / "confusion_matrix.json"
     assert confusion.is_file()
+    assert (project / "metrics" / "summary.md").is_file()
     assert not (project / "dvclive" / "evaluate" / "metrics.json").exists()
     live_metrics = json.loads((project / "dvclive" / "train_head" / "metrics.json").read_text())
     assert live_metrics["best_epoch"] in (1, 2)
@@ -93,7 +97,8 @@ def test_exp_run_listed_by_show_and_diff(repo):
     assert params["finetune"]["lr"] == 0.002
 
     diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], project).stdout)
-    assert "accuracy" in diff["metrics/evaluate.json"]
+    assert "final.accuracy" in diff["metrics/evaluate.json"]
+    assert "head.accuracy" in diff["metrics/evaluate.json"]
     assert "eval.loss" in diff["dvclive/finetune/metrics.json"]
 
 
@@ -129,10 +134,17 @@ def test_plots_show_renders_each_once(repo):
     rendered = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)["data"]
     run(["dvc", "plots", "show", "-o", "plots-html"], project)
 
-    confusion = "dvclive/evaluate/plots/sklearn/confusion_matrix.json"
-    assert confusion in rendered
-    assert "Confusion matrix" in json.dumps(rendered[confusion])
-    curves = [name for name in rendered if name.endswith(".tsv")]
-    assert len(curves) == 8  # train/eval x loss/accuracy, for train_head and finetune
-    assert len(rendered) == 9  # each plot once, none also drawn from a stage output
+    plots = "dvclive/evaluate/plots"
+    expected = {
+        "training_loss", "training_accuracy", "reliability",
+        f"{plots}/sklearn/confusion_matrix.json",
+        f"{plots}/sklearn/confusion_matrix_normalized.json",
+        f"{plots}/sklearn/roc/dogs.json",  # the positive class, second in sorted order
+        f"{plots}/sklearn/precision_recall/dogs.json",
+        f"{plots}/images/errors.png",
+        f"{plots}/images/gradcam.png",
+    }
+    assert set(rendered) == expected  # each plot once, none also drawn from a stage output
+    confusion = rendered[f"{plots}/sklearn/confusion_matrix.json"]
+    assert "Confusion matrix" in json.dumps(confusion)
     assert (project / "plots-html" / "index.html").is_file()

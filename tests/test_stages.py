@@ -185,7 +185,7 @@ def test_sigmoid_head_balanced_weights_run(project, tmp_path):
     run_stages(project, ["fetch", "prepare", "split", "train_head", "finetune", "evaluate"])
 
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
-    assert set(metrics["per_class"]) == {"cats", "dogs"}
+    assert set(metrics["final"]["per_class"]) == {"cats", "dogs"}
     assert metrics["n_images"] == 3  # round(0.15 * 12) cats + max(1, round(0.15 * 6)) dogs
     model_file = project / "models" / "model.keras"
     assert model_file.is_file()
