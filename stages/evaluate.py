@@ -71,10 +71,16 @@ def main() -> None:
         )
         for name, values in probabilities.items()
     }
-    report = {"n_images": len(test_entries), **scores, "gain": gain(scores["final"], scores["head"])}
+    report = {
+        "n_images": len(test_entries),
+        **scores,
+        "gain": gain(scores["final"], scores["head"]),
+    }
     write_json_atomic(config.METRICS_DIR / "evaluate.json", report)
 
-    mistakes = most_confident_mistakes(true_ids, probabilities["final"], classes, settings.gallery_size)
+    mistakes = most_confident_mistakes(
+        true_ids, probabilities["final"], classes, settings.gallery_size
+    )
     images = load_images([test_entries[m.index] for m in mistakes], classes, params.data.image_size)
     gallery = draw_gallery(keras.models.load_model(config.FINAL_MODEL), images, mistakes, classes)
 

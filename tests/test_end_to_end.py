@@ -60,16 +60,16 @@ def test_cats_and_dogs_reaches_97_percent(tmp_path):
 
 
 def predict(project: Path, model_file: str):
-    """Return (true ids, probabilities) of a saved model on the project's test split."""
+    """Return (true ids, probabilities, class names) of a saved model on the test split."""
     import keras
 
     from imgclf.data import label_ids, make_dataset
-    from imgclf.manifest import class_names, read_entries
+    from imgclf.manifest import Entry, class_names, read_entries
     from imgclf.model import predict_probabilities
 
     classes = class_names(read_entries(project / "data" / "split" / "train.csv"))
     entries = read_entries(project / "data" / "split" / "test.csv")
-    entries = [type(e)(str(project / e.path), e.label) for e in entries]
+    entries = [Entry(str(project / entry.path), entry.label) for entry in entries]
     data = make_dataset(entries, classes, image_size=224, batch_size=64)
     probabilities = predict_probabilities(keras.models.load_model(project / model_file), data)
     return label_ids(entries, classes), probabilities.astype(np.float64), classes

@@ -68,7 +68,7 @@ def test_gallery_of_classifier_mistakes():
         assert grid.size[1] > 2 * 64  # two rows
 
 
-def test_gallery_without_mistakes_says_so():
+def test_gallery_without_mistakes_message():
     errors, gradcam = draw_gallery(None, np.zeros((0, 8, 8, 3)), [], ["a", "b"])
 
     assert errors.size[0] > errors.size[1]

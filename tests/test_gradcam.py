@@ -62,7 +62,7 @@ def test_heatmap_equals_class_activation_map():
     maps = cam.heatmaps(batch, class_ids)
 
     # Behind global average pooling and a Dense layer, the gradient of a logit is
-    # the class's kernel column spread over the h * w locations, so Grad-CAM is
+    # the class's kernel column divided by the h * w locations. So Grad-CAM is
     # relu(sum over channels of features * kernel), scaled to a peak of 1.
     features = cam.features(batch).numpy()  # (4, 3, 3, channels)
     expected = np.maximum(np.einsum("nhwc,cn->nhw", features, kernel[:, class_ids]), 0)

@@ -3,10 +3,10 @@
 The classifier wraps its keras.applications backbone as one nested functional
 model. A gradient model cut from the outer model at a backbone layer fails with
 "Graph disconnected", because the nested model's layers belong to its own
-graph. So the classifier is split into three parts instead: the layers before
-the backbone (preprocessing), a gradient model built from the backbone's own
-inputs and outputs, and the head layers, which are applied to the backbone's
-feature map inside a GradientTape.
+graph. So the classifier is split into three parts instead. The layers before
+the backbone do the preprocessing. A gradient model is built from the
+backbone's own inputs and outputs. The head layers are applied to the
+backbone's feature map inside a GradientTape.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def calibration_bins(
 
     Returns per bin: the number of images, their mean confidence (the highest
     class probability) and their accuracy, with NaN for empty bins. A bin is
-    (low, high], and the first also holds 0, as in sklearn's calibration_curve.
+    (low, high], and the first also contains 0, as in sklearn's calibration_curve.
     """
     confidence = probabilities.max(axis=1)
     correct = (probabilities.argmax(axis=1) == true_ids).astype(np.float64)

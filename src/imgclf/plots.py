@@ -52,9 +52,12 @@ def log_classification_plots(
         score = final[:, class_id]
         name = classes[class_id]
         live.log_sklearn_plot("roc", is_class, score, name=f"roc/{name}.json")
-        live.log_sklearn_plot("precision_recall", is_class, score, name=f"precision_recall/{name}.json")
+        live.log_sklearn_plot(
+            "precision_recall", is_class, score, name=f"precision_recall/{name}.json"
+        )
 
-    # Reliability of the top label: is the highest probability as often right as it says?
+    # Reliability of the top label: per bin of the highest probability, how often
+    # that class is right.
     for model_name, model_probabilities in probabilities.items():
         correct = (model_probabilities.argmax(axis=1) == true_ids).astype(int)
         live.log_sklearn_plot(
