@@ -46,7 +46,9 @@ def predict_images(
 
 def load_images(entries: list[Entry], classes: list[str], image_size: int) -> np.ndarray:
     """Return the prepared images, (n, size, size, 3) float RGB in [0, 255]."""
-    data = make_dataset(entries, classes, image_size=image_size, batch_size=max(len(entries), 1))
+    if not entries:
+        return np.zeros((0, image_size, image_size, 3), dtype=np.float32)
+    data = make_dataset(entries, classes, image_size=image_size, batch_size=len(entries))
     return np.concatenate([images.numpy() for images, _ in data])
 
 
