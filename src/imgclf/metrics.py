@@ -27,7 +27,7 @@ def positive_class_id(positive_class: str | None, classes: list[str]) -> int | N
     """Return the id of `evaluate.positive_class` for two classes, None for more.
 
     None for two classes picks the second class in sorted order, as scikit-learn
-    takes the larger label as positive.
+    takes label 1 of the labels 0 and 1 as positive.
     """
     if len(classes) > 2:
         if positive_class is not None:
