@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: venv repro test clean-venv
+.PHONY: venv repro test offline-plots clean-venv
 
 venv: $(VENV)/.installed
 
@@ -19,6 +19,12 @@ repro: venv
 
 test: venv
 	python -m pytest -ra
+
+# An HTML template for `dvc plots show/diff --html-template` with the Vega libraries
+# inlined, so that the plots render without internet access.
+offline-plots: venv
+	npm ci --prefix tools/offline_plots --no-audit --no-fund
+	python tools/offline_plots/build_template.py
 
 clean-venv:
 	rm -rf $(VENV)

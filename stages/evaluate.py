@@ -1,7 +1,10 @@
-"""evaluate: models/model.keras, data/split/test.csv -> metrics/evaluate.json, dvclive/evaluate/.
+"""evaluate: models/{model,head}.keras, data/split/test.csv -> metrics/, dvclive/evaluate/.
 
-Scores the fine-tuned model on the test split only and logs the confusion
-matrix for `dvc plots show`.
+Scores the fine-tuned and the head-only model on the test split only and writes
+metrics/evaluate.json (schema in the README) and metrics/summary.md. The plots
+under dvclive/evaluate/plots/ (confusion matrices, ROC and precision-recall
+curves, reliability diagrams, both training phases on one step axis, and the
+error gallery with Grad-CAM) are drawn by the `plots:` section of dvc.yaml.
 """
 
 import logging
@@ -11,47 +14,105 @@ import numpy as np
 from dvclive import Live
 
 from imgclf import config
+from imgclf.config import Params
 from imgclf.data import label_ids, make_dataset
-from imgclf.files import write_json_atomic
-from imgclf.manifest import class_names, read_entries
-from imgclf.metrics import classification_metrics
+from imgclf.files import staged_directory, write_json_atomic, write_text_atomic
+from imgclf.gallery import draw_gallery, most_confident_mistakes
+from imgclf.manifest import Entry, class_names, read_entries
+from imgclf.metrics import (
+    gain, most_confused_pair, normalized, positive_class_id, score_probabilities,
+)
 from imgclf.model import predict_probabilities
+from imgclf.plots import log_classification_plots, write_training_curves
 from imgclf.stage import run_stage
+from imgclf.summary import render_summary
 
 log = logging.getLogger("imgclf.stages.evaluate")
+
+MODELS = {"final": config.FINAL_MODEL, "head": config.HEAD_MODEL}
+LIVE_DIR = config.DVCLIVE_DIR / "evaluate"
+GALLERY = ("errors.png", "gradcam.png")
+
+
+def predict_images(
+    model_path, entries: list[Entry], classes: list[str], params: Params
+) -> np.ndarray:
+    """Return the model's class probabilities on `entries`, (n, n_classes)."""
+    data = make_dataset(
+        entries, classes, image_size=params.data.image_size, batch_size=params.evaluate.batch_size
+    )
+    return predict_probabilities(keras.models.load_model(model_path), data)
+
+
+def load_images(entries: list[Entry], classes: list[str], image_size: int) -> np.ndarray:
+    """Return the prepared images, (n, size, size, 3) float RGB in [0, 255]."""
+    if not entries:
+        return np.zeros((0, image_size, image_size, 3), dtype=np.float32)
+    data = make_dataset(entries, classes, image_size=image_size, batch_size=len(entries))
+    return np.concatenate([images.numpy() for images, _ in data])
 
 
 def main() -> None:
     params = config.load_params()
+    settings = params.evaluate
 
     classes = class_names(read_entries(config.split_manifest("train")))
+    positive_id = positive_class_id(settings.positive_class, classes)
     test_entries = read_entries(config.split_manifest("test"))
-    test_data = make_dataset(
-        test_entries, classes, image_size=params.data.image_size,
-        batch_size=params.evaluate.batch_size,
-    )
-
-    model = keras.models.load_model(config.FINAL_MODEL)
-    probabilities = predict_probabilities(model, test_data)  # (n_test, n_classes)
     true_ids = label_ids(test_entries, classes)
-    predicted_ids = np.argmax(probabilities, axis=1)
 
-    metrics = classification_metrics(true_ids, predicted_ids, classes)
-    write_json_atomic(config.METRICS_DIR / "evaluate.json", metrics)
+    # float64 rows that sum to 1, (n_test, n_classes), for scikit-learn and JSON
+    probabilities = {
+        name: normalized(predict_images(path, test_entries, classes, params))
+        for name, path in MODELS.items()
+    }
+    scores = {
+        name: score_probabilities(
+            true_ids, values, classes, positive_id=positive_id,
+            top_k=settings.top_k, n_bins=settings.calibration_bins,
+        )
+        for name, values in probabilities.items()
+    }
+    report = {
+        "n_images": len(test_entries),
+        **scores,
+        "gain": gain(scores["final"], scores["head"]),
+    }
+    write_json_atomic(config.METRICS_DIR / "evaluate.json", report)
 
-    # log_sklearn_plot writes the plot file at once. live.end() is not called
-    # because it would add an empty metrics.json beside the declared outputs.
-    live = Live(dir=str(config.DVCLIVE_DIR / "evaluate"), dvcyaml=None, save_dvc_exp=False)
-    live.log_sklearn_plot(
-        "confusion_matrix",
-        [classes[i] for i in true_ids],
-        [classes[i] for i in predicted_ids],
-        name="confusion_matrix.json",
+    mistakes = most_confident_mistakes(
+        true_ids, probabilities["final"], classes, settings.gallery_size
     )
+    images = load_images([test_entries[m.index] for m in mistakes], classes, params.data.image_size)
+    gallery = draw_gallery(keras.models.load_model(config.FINAL_MODEL), images, mistakes, classes)
 
+    # Every plot file is written into a staging folder that replaces LIVE_DIR when complete.
+    # live.end() is not called, because it would add a metrics.json beside the declared outputs.
+    with staged_directory(LIVE_DIR) as staging:
+        live = Live(dir=str(staging), dvcyaml=None, save_dvc_exp=False)
+        log_classification_plots(
+            live, true_ids, probabilities, classes,
+            positive_id=positive_id, n_bins=settings.calibration_bins,
+        )
+        for name, image in zip(GALLERY, gallery):
+            live.log_image(name, image)
+        write_training_curves(
+            staging / "plots" / "training",
+            {phase: config.DVCLIVE_DIR / phase for phase in ("train_head", "finetune")},
+        )
+
+    confused = most_confused_pair(true_ids, probabilities["final"].argmax(axis=1), classes)
+    summary = render_summary(
+        report, classes, n_bins=settings.calibration_bins, confused=confused,
+        gallery_paths=[f"../{LIVE_DIR.as_posix()}/plots/images/{name}" for name in GALLERY],
+    )
+    write_text_atomic(config.METRICS_DIR / "summary.md", summary)
+
+    final, head = scores["final"], scores["head"]
     log.info(
-        "test accuracy %.4f, macro F1 %.4f on %d images",
-        metrics["accuracy"], metrics["macro"]["f1"], metrics["n_images"],
+        "test accuracy %.4f (head only %.4f), macro F1 %.4f, ECE %.4f on %d images; "
+        "read metrics/summary.md",
+        final["accuracy"], head["accuracy"], final["macro"]["f1"], final["ece"], len(test_entries),
     )
 
 

@@ -9,7 +9,17 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
 
 from helpers import copy_project, init_dvc, run, set_params
 
@@ -45,4 +55,71 @@ def test_cats_and_dogs_reaches_97_percent(tmp_path):
     assert prepared["kept"] == {"cats": 1500, "dogs": 1500}
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert metrics["n_images"] == 450
-    assert metrics["accuracy"] >= 0.97, metrics
+    assert metrics["final"]["accuracy"] >= 0.97, metrics["final"]
+    check_against_sklearn(project, metrics)
+
+
+def predict(project: Path, model_file: str):
+    """Return (true ids, probabilities, class names) of a saved model on the test split."""
+    import keras
+
+    from imgclf.data import label_ids, make_dataset
+    from imgclf.manifest import Entry, class_names, read_entries
+    from imgclf.model import predict_probabilities
+
+    classes = class_names(read_entries(project / "data" / "split" / "train.csv"))
+    entries = read_entries(project / "data" / "split" / "test.csv")
+    entries = [Entry(str(project / entry.path), entry.label) for entry in entries]
+    data = make_dataset(entries, classes, image_size=224, batch_size=64)
+    probabilities = predict_probabilities(keras.models.load_model(project / model_file), data)
+    return label_ids(entries, classes), probabilities.astype(np.float64), classes
+
+
+def check_against_sklearn(project: Path, metrics: dict) -> None:
+    """Recompute every metric in evaluate.json with scikit-learn on fresh predictions."""
+    for name, model_file in (("final", "models/model.keras"), ("head", "models/head.keras")):
+        scores = metrics[name]
+        true_ids, probabilities, classes = predict(project, model_file)
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        predicted = probabilities.argmax(axis=1)
+        close = {"abs": 1e-5}
+
+        assert scores["accuracy"] == pytest.approx(accuracy_score(true_ids, predicted), **close)
+        assert scores["balanced_accuracy"] == pytest.approx(
+            balanced_accuracy_score(true_ids, predicted), **close
+        )
+        assert scores["log_loss"] == pytest.approx(log_loss(true_ids, probabilities), **close)
+        # "dogs", the second class, is the positive class by default.
+        assert scores["roc_auc"] == pytest.approx(
+            roc_auc_score(true_ids, probabilities[:, 1]), **close
+        )
+        assert not [key for key in scores if key.startswith("top_")]  # only 2 classes
+
+        correct = predicted == true_ids
+        confidence = probabilities.max(axis=1)
+        prob_true, prob_pred = calibration_curve(correct, confidence, n_bins=10, pos_label=True)
+        bin_ids = np.searchsorted(np.linspace(0, 1, 11)[1:-1], confidence)
+        counts = np.bincount(bin_ids, minlength=10)
+        ece = np.sum(counts[counts > 0] * np.abs(prob_true - prob_pred)) / len(true_ids)
+        assert scores["ece"] == pytest.approx(ece, **close)
+
+        for average in ("macro", "weighted"):
+            p, r, f, _ = precision_recall_fscore_support(true_ids, predicted, average=average)
+            assert scores[average] == pytest.approx({"precision": p, "recall": r, "f1": f}, **close)
+        p, r, f, support = precision_recall_fscore_support(true_ids, predicted)
+        for i, label in enumerate(classes):
+            assert scores["per_class"][label] == pytest.approx(
+                {"precision": p[i], "recall": r[i], "f1": f[i], "support": support[i]}, **close
+            )
+
+        if name == "final":
+            fpr, tpr, _ = roc_curve(true_ids, probabilities[:, 1])
+            path = project / "dvclive" / "evaluate" / "plots" / "sklearn" / "roc" / "dogs.json"
+            roc = json.loads(path.read_text())["roc"]
+            np.testing.assert_allclose([row["fpr"] for row in roc], fpr, atol=1e-5)
+            np.testing.assert_allclose([row["tpr"] for row in roc], tpr, atol=1e-5)
+
+    for name in ("accuracy", "log_loss", "ece"):
+        assert metrics["gain"][name] == pytest.approx(
+            metrics["final"][name] - metrics["head"][name]
+        )

@@ -44,10 +44,14 @@ def test_first_repro_runs_every_stage(repo):
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
     split = json.loads((project / "metrics" / "split.json").read_text())
     assert metrics["n_images"] == split["test"]["total"]
-    assert set(metrics["per_class"]) == {"cats", "dogs"}
-    assert sum(c["support"] for c in metrics["per_class"].values()) == metrics["n_images"]
+    for model in ("final", "head"):
+        assert set(metrics[model]["per_class"]) == {"cats", "dogs"}
+        supports = [c["support"] for c in metrics[model]["per_class"].values()]
+        assert sum(supports) == metrics["n_images"]
+    assert "accuracy" in metrics["gain"]
     confusion = project / "dvclive" / "evaluate" / "plots" / "sklearn" / "confusion_matrix.json"
     assert confusion.is_file()
+    assert (project / "metrics" / "summary.md").is_file()
     assert not (project / "dvclive" / "evaluate" / "metrics.json").exists()
     live_metrics = json.loads((project / "dvclive" / "train_head" / "metrics.json").read_text())
     assert live_metrics["best_epoch"] in (1, 2)
@@ -92,7 +96,8 @@ def test_exp_run_listed_by_show_and_diff(repo):
     assert params["finetune"]["lr"] == 0.002
 
     diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], project).stdout)
-    assert "accuracy" in diff["metrics/evaluate.json"]
+    assert "final.accuracy" in diff["metrics/evaluate.json"]
+    assert "head.accuracy" in diff["metrics/evaluate.json"]
     assert "eval.loss" in diff["dvclive/finetune/metrics.json"]
 
 
@@ -128,16 +133,22 @@ def test_plots_show_renders_each_once(repo):
     rendered = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)["data"]
     run(["dvc", "plots", "show", "-o", "plots-html"], project)
 
-    confusion = "dvclive/evaluate/plots/sklearn/confusion_matrix.json"
-    assert confusion in rendered
-    assert "Confusion matrix" in json.dumps(rendered[confusion])
-    curves = [name for name in rendered if name.endswith(".tsv")]
-    assert len(curves) == 8  # train/eval x loss/accuracy, for train_head and finetune
-    balance = [name for name in rendered if name.startswith("Class balance")]
-    assert len(balance) == 3  # train, val and test
+    plots = "dvclive/evaluate/plots"
+    expected = {
+        "Class balance, train", "Class balance, val", "Class balance, test",
+        "training_loss", "training_accuracy", "reliability",
+        f"{plots}/sklearn/confusion_matrix.json",
+        f"{plots}/sklearn/confusion_matrix_normalized.json",
+        f"{plots}/sklearn/roc/dogs.json",  # the positive class, second in sorted order
+        f"{plots}/sklearn/precision_recall/dogs.json",
+        f"{plots}/images/errors.png",
+        f"{plots}/images/gradcam.png",
+    }
+    assert set(rendered) == expected  # each plot once, none also drawn from a stage output
+    confusion = rendered[f"{plots}/sklearn/confusion_matrix.json"]
+    assert "Confusion matrix" in json.dumps(confusion)
     balance_spec = json.dumps(rendered["Class balance, train"])
     assert '"zero": true' in balance_spec  # the project's template, not DVC's bar_horizontal
-    assert len(rendered) == 12  # each plot once, none also drawn from a stage output
     assert (project / "plots-html" / "index.html").is_file()
 
 
@@ -158,4 +169,4 @@ def test_messy_folder_goes_through_repro(tmp_path):
     report = json.loads((project / "metrics" / "prepare.json").read_text())
     assert report["total"]["kept"] == sum(reason is None for reason in expected.values())
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
-    assert set(metrics["per_class"]) == {"bird ñandú", "cats", "dogs"}
+    assert set(metrics["final"]["per_class"]) == {"bird ñandú", "cats", "dogs"}

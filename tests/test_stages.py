@@ -270,7 +270,7 @@ def test_sigmoid_head_balanced_weights_run(project, tmp_path):
     run_stages(project, ["fetch", "prepare", "split", "train_head", "finetune", "evaluate"])
 
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
-    assert set(metrics["per_class"]) == {"cats", "dogs"}
+    assert set(metrics["final"]["per_class"]) == {"cats", "dogs"}
     split = json.loads((project / "metrics" / "split.json").read_text())
     assert metrics["n_images"] == split["test"]["total"]
     assert min(split["test"]["per_class"].values()) >= 1

@@ -129,6 +129,14 @@ class FinetuneParams(Section):
 
 class EvaluateParams(Section):
     batch_size: Annotated[int, Field(ge=1, le=4096)]
+    # Class scored by the binary ROC and precision-recall curves and ROC AUC; None
+    # means the second class in sorted order. It must be None for more than two
+    # classes, where every class gets a one-vs-rest curve. It is checked against
+    # the class names when the stage runs.
+    positive_class: Annotated[str, Field(min_length=1)] | None
+    calibration_bins: Annotated[int, Field(ge=2, le=100)]  # equal-width bins of confidence
+    top_k: Annotated[int, Field(ge=2)]  # top-k accuracy is reported for more than top_k classes
+    gallery_size: Annotated[int, Field(ge=1, le=64)]  # most confident mistakes shown
 
 
 class Params(Section):
