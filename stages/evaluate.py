@@ -5,17 +5,17 @@ matrix for `dvc plots show`.
 """
 
 import logging
+from pathlib import Path
 
-import keras
 import numpy as np
 from dvclive import Live
 
 from imgclf import config
-from imgclf.data import label_ids, make_dataset
+from imgclf.data import label_ids
 from imgclf.files import write_json_atomic
+from imgclf.inference import KerasPredictor, predict_bytes
 from imgclf.manifest import class_names, read_entries
 from imgclf.metrics import classification_metrics
-from imgclf.model import predict_probabilities
 from imgclf.stage import run_stage
 
 log = logging.getLogger("imgclf.stages.evaluate")
@@ -26,13 +26,14 @@ def main() -> None:
 
     classes = class_names(read_entries(config.split_manifest("train")))
     test_entries = read_entries(config.split_manifest("test"))
-    test_data = make_dataset(
-        test_entries, classes, image_size=params.data.image_size,
-        batch_size=params.evaluate.batch_size,
-    )
 
-    model = keras.models.load_model(config.FINAL_MODEL)
-    probabilities = predict_probabilities(model, test_data)  # (n_test, n_classes)
+    # The same decoding, conversion and model call as `imgclf predict` and `imgclf serve`.
+    model = KerasPredictor(config.FINAL_MODEL)
+    test_images = [Path(entry.path).read_bytes() for entry in test_entries]
+    probabilities = predict_bytes(
+        model, test_images, image_size=params.data.image_size,
+        batch_size=params.evaluate.batch_size,
+    )  # (n_test, n_classes)
     true_ids = label_ids(test_entries, classes)
     predicted_ids = np.argmax(probabilities, axis=1)
 
