@@ -61,7 +61,6 @@ def export_h5(model, path: Path) -> Path:
 def export_all(model, folder: Path) -> dict[str, Path]:
     """Write every format into `folder`; returns format name -> path."""
     saved_model = export_saved_model(model, folder)
-    log.info("wrote %s", saved_model)
     paths = {
         "saved_model": saved_model,
         "tflite_float32": export_tflite(saved_model, folder / TFLITE_FLOAT32, quantize=False),
@@ -71,7 +70,7 @@ def export_all(model, folder: Path) -> dict[str, Path]:
         "h5": export_h5(model, folder / LEGACY_H5),
     }
     for name, path in paths.items():
-        log.info("wrote %s (%s)", path, name)
+        log.info("wrote %s (%s)", path.name, name)
     return paths
 
 

@@ -13,6 +13,7 @@ folder, that gives the class names, image size and backbone.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
@@ -98,7 +99,10 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     if not data:
         raise ImageError("not_an_image", "the file is empty")
     try:
-        image = Image.open(BytesIO(data), formats=IMAGE_FORMATS)
+        with warnings.catch_warnings():
+            # Pillow warns above its own limit; the check below rejects such images with a message.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(BytesIO(data), formats=IMAGE_FORMATS)
     except UnidentifiedImageError:
         raise ImageError(
             "not_an_image", f"the content is not an image in a supported format ({', '.join(IMAGE_FORMATS)})"

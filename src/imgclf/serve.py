@@ -161,15 +161,12 @@ class MicroBatcher:
 # --- request size -------------------------------------------------------------------------
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class BodySizeLimit:
     """ASGI middleware: 413 for a body over `max_bytes`, by Content-Length and while reading.
 
-    A chunked upload without Content-Length is counted as it arrives and cut off
-    once it passes the limit, so it never reaches the multipart parser whole.
+    A chunked upload without Content-Length is counted as it arrives. Once it
+    passes the limit, the client gets the 413 at once, the app sees a client
+    disconnect, and whatever the app sends afterwards is dropped.
     """
 
     def __init__(self, app, max_bytes: int):
@@ -188,27 +185,28 @@ class BodySizeLimit:
 
         received = 0
         started = False
+        rejected = False
 
         async def counting_receive():
-            nonlocal received
+            nonlocal received, rejected
             message = await receive()
-            if message["type"] == "http.request":
+            if message["type"] == "http.request" and not rejected:
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLarge
+                if received > self.max_bytes and not started:
+                    rejected = True
+                    await self._reject(send, received)
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message):
+        async def guarded_send(message):
             nonlocal started
+            if rejected:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._reject(send, received)
+        await self.app(scope, counting_receive, guarded_send)
 
     async def _reject(self, send, size: int) -> None:
         log.warning("request body too large", extra={"fields": {
@@ -249,7 +247,6 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.batcher = batcher
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
 
     @app.middleware("http")
     async def log_requests(request: Request, call_next):
@@ -322,6 +319,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return FileResponse(WEB_DIR / "index.html")
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    # Added last, so it is the outermost middleware: an oversized body is
+    # rejected before logging, routing or multipart parsing see it.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     return app
 
 
