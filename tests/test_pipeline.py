@@ -1,13 +1,15 @@
 """The whole pipeline under real DVC, in a temporary git repository, on generated images."""
 
+import csv
 import json
 import re
 import shutil
+import sys
 
 import pytest
 
 from conftest import write_class_images
-from helpers import TINY_PARAMS, copy_project, run, set_params
+from helpers import TINY_PARAMS, copy_project, run, set_params, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -38,10 +40,13 @@ def repo(tmp_path_factory):
 def test_first_repro_runs_every_stage(repo):
     project = repo["project"]
     assert stages_run(repo["first"]) == {
-        "fetch", "prepare", "split", "train_head", "finetune", "evaluate",
+        "fetch", "prepare", "split", "train_head", "finetune", "evaluate", "export",
     }
     assert (project / "models" / "head.keras").is_file()
     assert (project / "models" / "model.keras").is_file()
+    assert (project / "models" / "metadata.json").is_file()
+    assert (project / "models" / "export" / "model_float32.tflite").is_file()
+    assert (project / "metrics" / "export.json").is_file()
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
     split = json.loads((project / "metrics" / "split.json").read_text())
     assert metrics["n_images"] == split["test"]["total"]
@@ -53,6 +58,27 @@ def test_first_repro_runs_every_stage(repo):
     live_metrics = json.loads((project / "dvclive" / "train_head" / "metrics.json").read_text())
     assert live_metrics["best_epoch"] in (1, 2)
     assert "loss" in live_metrics["eval"]
+
+
+def test_predict_cli_agrees_with_evaluate(repo):
+    project = repo["project"]
+    test_split = list(csv.DictReader((project / "data" / "split" / "test.csv").open()))
+    paths = [row["path"] for row in test_split]
+
+    outputs = {}
+    for model in ("models/model.keras", "models/export/model_float32.tflite"):
+        result = run([sys.executable, "-m", "imgclf.cli", "predict", *paths, "--model", model,
+                      "--format", "json"], project, env=tool_env(PYTHONPATH=str(project / "src")))
+        outputs[model] = json.loads(result.stdout)
+
+    keras_rows = outputs["models/model.keras"]
+    accuracy = sum(row["top"][0]["class"] == item["label"]
+                   for row, item in zip(keras_rows, test_split)) / len(test_split)
+    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert accuracy == metrics["accuracy"]
+    for keras_row, tflite_row in zip(keras_rows, outputs["models/export/model_float32.tflite"]):
+        for name, probability in keras_row["probabilities"].items():
+            assert abs(tflite_row["probabilities"][name] - probability) < 1e-4
 
 
 def test_second_repro_retrains_nothing(repo):
@@ -73,7 +99,7 @@ def test_finetune_lr_reruns_only_downstream(repo):
 
     result = run(["dvc", "repro"], project)
 
-    assert stages_run(result.output) - {"fetch"} == {"finetune", "evaluate"}
+    assert stages_run(result.output) - {"fetch"} == {"finetune", "evaluate", "export"}
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "finetune.lr 3e-4"], project)
 
@@ -83,7 +109,7 @@ def test_exp_run_listed_by_show_and_diff(repo):
 
     result = run(["dvc", "exp", "run", "-S", "finetune.lr=0.002"], project)
 
-    assert stages_run(result.output) - {"fetch"} == {"finetune", "evaluate"}
+    assert stages_run(result.output) - {"fetch"} == {"finetune", "evaluate", "export"}
     exp_table = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     experiments = [
         exp for commit in exp_table for exp in (commit.get("experiments") or [])

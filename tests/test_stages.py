@@ -182,13 +182,17 @@ def test_sigmoid_head_balanced_weights_run(project, tmp_path):
     })
     init_git(project, commit=True)
 
-    run_stages(project, ["fetch", "prepare", "split", "train_head", "finetune", "evaluate"])
+    run_stages(project, ["fetch", "prepare", "split", "train_head", "finetune", "evaluate", "export"])
 
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert set(metrics["per_class"]) == {"cats", "dogs"}
     assert metrics["n_images"] == 3  # round(0.15 * 12) cats + max(1, round(0.15 * 6)) dogs
     model_file = project / "models" / "model.keras"
     assert model_file.is_file()
+    metadata = json.loads((project / "models" / "metadata.json").read_text())
+    assert metadata["head"] == "sigmoid"
+    export = json.loads((project / "metrics" / "export.json").read_text())
+    assert all(result["top1_agreement"] == 1.0 for result in export["formats"].values())
 
 
 def test_fetch_hash_mismatch_explained(project, tmp_path, archive_server):

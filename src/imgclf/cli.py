@@ -218,9 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-upload-mb", type=positive_float, default=10.0,
                        help="largest request body in MiB; larger ones get 413 (default: 10)")
     serve.add_argument("--max-batch-size", type=positive_int, default=16,
-                       help="most images per model call across concurrent requests (default: 16)")
+                       help="maximum images per model call across concurrent requests (default: 16)")
     serve.add_argument("--max-wait-ms", type=float, default=5.0,
-                       help="longest time a request waits for others to join its batch, in ms (default: 5)")
+                       help="maximum time in ms that an image waits for others to join its batch (default: 5)")
     serve.set_defaults(run=run_serve)
     return parser
 

@@ -39,7 +39,7 @@ DEFAULT_MAX_PIXELS = 89_478_485
 
 
 class ModelMetadata(BaseModel):
-    """What a caller needs to feed a model and read its output."""
+    """Model description that callers need to build inputs and read outputs."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -81,7 +81,7 @@ def load_metadata(model_path: Path) -> ModelMetadata:
 
 
 class ImageError(ValueError):
-    """An input that cannot become a model image; `kind` says why, for status codes and reports."""
+    """An input that cannot become a model image; `kind` is the reason, for status codes and reports."""
 
     def __init__(self, kind: Literal["not_an_image", "undecodable", "too_large"], message: str):
         super().__init__(message)
@@ -92,7 +92,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     """Decode image bytes with Pillow, checking the pixel count from the header before decoding.
 
     Raises ImageError: "not_an_image" when the content is no format in IMAGE_FORMATS
-    (whatever a file name or declared type says), "too_large" when width x height
+    (whatever the file name or declared type), "too_large" when width x height
     exceeds `max_pixels` (a decompression bomb costs no memory, because `load()` is
     never called), and "undecodable" for truncated or corrupt data.
     """
@@ -181,12 +181,13 @@ class SavedModelPredictor:
 
 
 class TFLitePredictor:
-    """A TensorFlow Lite flat buffer, run by the TFLite interpreter with its input resized per batch."""
+    """A TensorFlow Lite flat buffer, run by the LiteRT interpreter with its input resized per batch."""
 
     def __init__(self, path: Path):
-        import tensorflow as tf
+        # LiteRT (ai-edge-litert) replaces tf.lite.Interpreter, which TF 2.21 marks as deprecated.
+        from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = tf.lite.Interpreter(model_path=str(path))
+        self.interpreter = Interpreter(model_path=str(path))
         self._input = self.interpreter.get_input_details()[0]["index"]
         self._output = self.interpreter.get_output_details()[0]["index"]
         self._batch = 0
@@ -256,8 +257,8 @@ def predict_bytes(
 ) -> np.ndarray:
     """Decode, convert and classify encoded images; returns (n, n_classes) probabilities.
 
-    Raises ImageError for the first input that cannot be used; callers that go on
-    past bad files decode with `image_array` one by one and call `predict_arrays`.
+    Raises ImageError for the first input that cannot be used. Callers that go on
+    past bad files call `image_array` per file and then `predict_arrays`.
     """
     arrays = [image_array(data, image_size, max_pixels=max_pixels) for data in images]
     return predict_arrays(predictor, arrays, batch_size)

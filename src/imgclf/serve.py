@@ -165,8 +165,8 @@ class BodySizeLimit:
     """ASGI middleware: 413 for a body over `max_bytes`, by Content-Length and while reading.
 
     A chunked upload without Content-Length is counted as it arrives. Once it
-    passes the limit, the client gets the 413 at once, the app sees a client
-    disconnect, and whatever the app sends afterwards is dropped.
+    passes the limit, the client gets the 413 at once and the app receives a
+    client disconnect. Whatever the app sends afterwards is dropped.
     """
 
     def __init__(self, app, max_bytes: int):
