@@ -275,6 +275,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 for problem in error.errors()
             )
         )
+        log.warning("request rejected", extra={"fields": {"status": 422, "detail": detail}})
         return JSONResponse(status_code=422, content={"detail": detail})
 
     @app.get("/health")
