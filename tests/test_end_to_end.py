@@ -46,3 +46,9 @@ def test_cats_and_dogs_reaches_97_percent(tmp_path):
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert metrics["n_images"] == 450
     assert metrics["accuracy"] >= 0.97, metrics
+
+    # The export stage fails below export.min_agreement; check the recorded figures too.
+    export = json.loads((project / "metrics" / "export.json").read_text())
+    assert export["n_images"] == 450
+    for name, result in export["formats"].items():
+        assert result["top1_agreement"] >= 0.995, (name, result)

@@ -1,15 +1,10 @@
 """Export formats: each one loads back through the shared predictor and agrees with Keras."""
 
-import json
-
 import numpy as np
 import pytest
 
-from helpers import TINY_PARAMS, copy_project, set_params
-from conftest import write_class_images
 from imgclf.export import FORMATS, export_all, parity
 from imgclf.inference import image_array, load_model, load_predictor, predict_arrays
-from test_stages import run_stages
 from tiny_model import IMAGE_SIZE, photo_bytes, save_tiny_model
 
 # Largest probability difference accepted per format on the tiny model: float
@@ -52,23 +47,3 @@ def test_parity_counts_disagreements():
     assert result["top1_agreement"] == pytest.approx(2 / 3)
     assert result["max_probability_difference"] == pytest.approx(0.2)
     assert result["accuracy"] == pytest.approx(1 / 3)
-
-
-@pytest.mark.slow
-def test_export_stage_writes_formats_and_metadata(tmp_path):
-    source = write_class_images(tmp_path / "images", {"cats": 12, "dogs": 12}, size=40)
-    project = copy_project(tmp_path / "project")
-    set_params(project, **TINY_PARAMS, **{"data.source": str(source)})
-    run_stages(project, ["fetch", "prepare", "split", "train_head", "finetune", "export"])
-
-    report = json.loads((project / "metrics" / "export.json").read_text())
-    assert set(report["formats"]) == set(FORMATS)
-    assert report["n_images"] > 0
-    for result in report["formats"].values():
-        assert result["top1_agreement"] >= 0.995
-    for folder in (project / "models", project / "models" / "export"):
-        metadata = json.loads((folder / "metadata.json").read_text())
-        assert metadata["classes"] == ["cats", "dogs"]
-        assert metadata["image_size"] == TINY_PARAMS["data.image_size"]
-        assert metadata["backbone"] == "mobilenet_v2"
-    assert not list((project / "models").glob(".*partial*"))

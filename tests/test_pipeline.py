@@ -44,9 +44,13 @@ def test_first_repro_runs_every_stage(repo):
     }
     assert (project / "models" / "head.keras").is_file()
     assert (project / "models" / "model.keras").is_file()
-    assert (project / "models" / "metadata.json").is_file()
+    for folder in (project / "models", project / "models" / "export"):
+        model_metadata = json.loads((folder / "metadata.json").read_text())
+        assert model_metadata["classes"] == ["cats", "dogs"]
+        assert model_metadata["image_size"] == TINY_PARAMS["data.image_size"]
+    export = json.loads((project / "metrics" / "export.json").read_text())
+    assert set(export["formats"]) == {"saved_model", "tflite_float32", "tflite_dynamic_range", "h5"}
     assert (project / "models" / "export" / "model_float32.tflite").is_file()
-    assert (project / "metrics" / "export.json").is_file()
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
     split = json.loads((project / "metrics" / "split.json").read_text())
     assert metrics["n_images"] == split["test"]["total"]
