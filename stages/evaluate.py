@@ -8,6 +8,7 @@ error gallery with Grad-CAM) are drawn by the `plots:` section of dvc.yaml.
 """
 
 import logging
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -15,14 +16,14 @@ from dvclive import Live
 
 from imgclf import config
 from imgclf.config import Params
-from imgclf.data import label_ids, make_dataset
+from imgclf.data import label_ids
 from imgclf.files import staged_directory, write_json_atomic, write_text_atomic
 from imgclf.gallery import draw_gallery, most_confident_mistakes
+from imgclf.inference import KerasPredictor, image_array, predict_bytes
 from imgclf.manifest import Entry, class_names, read_entries
 from imgclf.metrics import (
     gain, most_confused_pair, normalized, positive_class_id, score_probabilities,
 )
-from imgclf.model import predict_probabilities
 from imgclf.plots import log_classification_plots, write_training_curves
 from imgclf.stage import run_stage
 from imgclf.summary import render_summary
@@ -34,22 +35,28 @@ LIVE_DIR = config.DVCLIVE_DIR / "evaluate"
 GALLERY = ("errors.png", "gradcam.png")
 
 
-def predict_images(
-    model_path, entries: list[Entry], classes: list[str], params: Params
-) -> np.ndarray:
-    """Return the model's class probabilities on `entries`, (n, n_classes)."""
-    data = make_dataset(
-        entries, classes, image_size=params.data.image_size, batch_size=params.evaluate.batch_size
+def predict_images(model_path, entries: list[Entry], params: Params) -> np.ndarray:
+    """Return the model's class probabilities on `entries`, (n, n_classes).
+
+    The same decoding, conversion and model call as `imgclf predict` and `imgclf serve`.
+    """
+    images = [Path(entry.path).read_bytes() for entry in entries]
+    return predict_bytes(
+        KerasPredictor(model_path), images, image_size=params.data.image_size,
+        batch_size=params.evaluate.batch_size,
+        resize=params.prepare.resize, background=params.prepare.background,
     )
-    return predict_probabilities(keras.models.load_model(model_path), data)
 
 
-def load_images(entries: list[Entry], classes: list[str], image_size: int) -> np.ndarray:
-    """Return the prepared images, (n, size, size, 3) float RGB in [0, 255]."""
-    if not entries:
-        return np.zeros((0, image_size, image_size, 3), dtype=np.float32)
-    data = make_dataset(entries, classes, image_size=image_size, batch_size=len(entries))
-    return np.concatenate([images.numpy() for images, _ in data])
+def load_images(entries: list[Entry], params: Params) -> np.ndarray:
+    """Return the prepared images as the model saw them, (n, size, size, 3) float RGB in [0, 255]."""
+    size = params.data.image_size
+    arrays = [
+        image_array(Path(entry.path).read_bytes(), size, resize=params.prepare.resize,
+                    background=params.prepare.background)
+        for entry in entries
+    ]
+    return np.stack(arrays) if arrays else np.zeros((0, size, size, 3), dtype=np.float32)
 
 
 def main() -> None:
@@ -63,7 +70,7 @@ def main() -> None:
 
     # float64 rows that sum to 1, (n_test, n_classes), for scikit-learn and JSON
     probabilities = {
-        name: normalized(predict_images(path, test_entries, classes, params))
+        name: normalized(predict_images(path, test_entries, params))
         for name, path in MODELS.items()
     }
     scores = {
@@ -83,7 +90,7 @@ def main() -> None:
     mistakes = most_confident_mistakes(
         true_ids, probabilities["final"], classes, settings.gallery_size
     )
-    images = load_images([test_entries[m.index] for m in mistakes], classes, params.data.image_size)
+    images = load_images([test_entries[m.index] for m in mistakes], params)
     gallery = draw_gallery(keras.models.load_model(config.FINAL_MODEL), images, mistakes, classes)
 
     # Every plot file is written into a staging folder that replaces LIVE_DIR when complete.

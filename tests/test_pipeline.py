@@ -1,12 +1,14 @@
 """The whole pipeline under real DVC, in a temporary git repository, on generated images."""
 
+import csv
 import json
 import re
+import sys
 
 import pytest
 
 from conftest import add_folder_traps, noise_image, write_class_images, write_messy_folder
-from helpers import TINY_PARAMS, copy_project, init_dvc, run, set_params
+from helpers import TINY_PARAMS, copy_project, init_dvc, run, set_params, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -37,10 +39,17 @@ def repo(tmp_path_factory):
 def test_first_repro_runs_every_stage(repo):
     project = repo["project"]
     assert stages_run(repo["first"]) == {
-        "fetch", "prepare", "split", "train_head", "finetune", "evaluate",
+        "fetch", "prepare", "split", "train_head", "finetune", "evaluate", "export",
     }
     assert (project / "models" / "head.keras").is_file()
     assert (project / "models" / "model.keras").is_file()
+    for folder in (project / "models", project / "models" / "export"):
+        model_metadata = json.loads((folder / "metadata.json").read_text())
+        assert model_metadata["classes"] == ["cats", "dogs"]
+        assert model_metadata["image_size"] == TINY_PARAMS["data.image_size"]
+    export = json.loads((project / "metrics" / "export.json").read_text())
+    assert set(export["formats"]) == {"saved_model", "tflite_float32", "tflite_dynamic_range", "h5"}
+    assert (project / "models" / "export" / "model_float32.tflite").is_file()
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
     split = json.loads((project / "metrics" / "split.json").read_text())
     assert metrics["n_images"] == split["test"]["total"]
@@ -56,6 +65,27 @@ def test_first_repro_runs_every_stage(repo):
     live_metrics = json.loads((project / "dvclive" / "train_head" / "metrics.json").read_text())
     assert live_metrics["best_epoch"] in (1, 2)
     assert "loss" in live_metrics["eval"]
+
+
+def test_predict_cli_agrees_with_evaluate(repo):
+    project = repo["project"]
+    test_split = list(csv.DictReader((project / "data" / "split" / "test.csv").open()))
+    paths = [row["path"] for row in test_split]
+
+    outputs = {}
+    for model in ("models/model.keras", "models/export/model_float32.tflite"):
+        result = run([sys.executable, "-m", "imgclf.cli", "predict", *paths, "--model", model,
+                      "--format", "json"], project, env=tool_env(PYTHONPATH=str(project / "src")))
+        outputs[model] = json.loads(result.stdout)
+
+    keras_rows = outputs["models/model.keras"]
+    accuracy = sum(row["top"][0]["class"] == item["label"]
+                   for row, item in zip(keras_rows, test_split)) / len(test_split)
+    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert accuracy == metrics["accuracy"]
+    for keras_row, tflite_row in zip(keras_rows, outputs["models/export/model_float32.tflite"]):
+        for name, probability in keras_row["probabilities"].items():
+            assert abs(tflite_row["probabilities"][name] - probability) < 1e-4
 
 
 def test_second_repro_retrains_nothing(repo):
@@ -76,7 +106,7 @@ def test_finetune_lr_reruns_only_downstream(repo):
 
     result = run(["dvc", "repro"], project)
 
-    assert stages_run(result.output) - {"fetch"} == {"finetune", "evaluate"}
+    assert stages_run(result.output) - {"fetch"} == {"finetune", "evaluate", "export"}
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "finetune.lr 3e-4"], project)
 
@@ -86,7 +116,7 @@ def test_exp_run_listed_by_show_and_diff(repo):
 
     result = run(["dvc", "exp", "run", "-S", "finetune.lr=0.002"], project)
 
-    assert stages_run(result.output) - {"fetch"} == {"finetune", "evaluate"}
+    assert stages_run(result.output) - {"fetch"} == {"finetune", "evaluate", "export"}
     exp_table = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     experiments = [
         exp for commit in exp_table for exp in (commit.get("experiments") or [])

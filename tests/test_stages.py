@@ -267,7 +267,7 @@ def test_sigmoid_head_balanced_weights_run(project, tmp_path):
     })
     init_git(project, commit=True)
 
-    run_stages(project, ["fetch", "prepare", "split", "train_head", "finetune", "evaluate"])
+    run_stages(project, ["fetch", "prepare", "split", "train_head", "finetune", "evaluate", "export"])
 
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert set(metrics["final"]["per_class"]) == {"cats", "dogs"}
@@ -276,6 +276,10 @@ def test_sigmoid_head_balanced_weights_run(project, tmp_path):
     assert min(split["test"]["per_class"].values()) >= 1
     model_file = project / "models" / "model.keras"
     assert model_file.is_file()
+    metadata = json.loads((project / "models" / "metadata.json").read_text())
+    assert metadata["head"] == "sigmoid"
+    export = json.loads((project / "metrics" / "export.json").read_text())
+    assert all(result["top1_agreement"] == 1.0 for result in export["formats"].values())
 
 
 def test_fetch_hash_mismatch_explained(project, tmp_path, archive_server):

@@ -29,6 +29,7 @@ SPLITS = ("train", "val", "test")
 MODELS_DIR = Path("models")
 HEAD_MODEL = MODELS_DIR / "head.keras"
 FINAL_MODEL = MODELS_DIR / "model.keras"
+EXPORT_DIR = MODELS_DIR / "export"
 METRICS_DIR = Path("metrics")
 BALANCE_DIR = METRICS_DIR / "balance"  # images per class, one CSV per split
 DVCLIVE_DIR = Path("dvclive")
@@ -139,6 +140,12 @@ class EvaluateParams(Section):
     gallery_size: Annotated[int, Field(ge=1, le=64)]  # most confident mistakes shown
 
 
+class ExportParams(Section):
+    batch_size: Annotated[int, Field(ge=1, le=4096)]  # images per call in the parity check
+    # The stage fails when a format's top-1 agreement with the Keras model is lower.
+    min_agreement: Annotated[float, Field(ge=0, le=1)]
+
+
 class Params(Section):
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)]
     data: DataParams
@@ -149,6 +156,7 @@ class Params(Section):
     train_head: TrainHeadParams
     finetune: FinetuneParams
     evaluate: EvaluateParams
+    export: ExportParams
 
     @model_validator(mode="after")
     def _backbone_accepts_settings(self) -> Params:
