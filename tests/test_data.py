@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -5,6 +7,7 @@ import tensorflow as tf
 from conftest import write_class_images
 from imgclf.data import label_ids, make_dataset
 from imgclf.errors import StageError
+from imgclf.inference import image_array
 from imgclf.manifest import Entry, class_names
 
 
@@ -60,3 +63,15 @@ def test_wrong_image_size_fails(tmp_path):
 def test_unknown_label_rejected():
     with pytest.raises(StageError, match=r"\['birds'\] are not among the training classes"):
         label_ids([Entry("x.jpg", "birds")], ["cats", "dogs"])
+
+
+def test_training_pixels_match_prediction_pixels(tmp_path):
+    # Noisy JPEGs, where TensorFlow's default fast DCT and libjpeg's accurate one differ.
+    entries = entries_for(write_class_images(tmp_path, {"cats": 3, "dogs": 3}, size=48))
+    classes = class_names(entries)
+
+    batches = make_dataset(entries, classes, image_size=48, batch_size=len(entries))
+    trained_on = next(iter(batches))[0].numpy()  # (6, 48, 48, 3)
+
+    served = np.stack([image_array(Path(e.path).read_bytes(), 48) for e in entries])
+    np.testing.assert_array_equal(trained_on, served)
