@@ -82,7 +82,7 @@ def test_predict_cli_agrees_with_evaluate(repo):
     accuracy = sum(row["top"][0]["class"] == item["label"]
                    for row, item in zip(keras_rows, test_split)) / len(test_split)
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
-    assert accuracy == metrics["accuracy"]
+    assert accuracy == metrics["final"]["accuracy"]
     for keras_row, tflite_row in zip(keras_rows, outputs["models/export/model_float32.tflite"]):
         for name, probability in keras_row["probabilities"].items():
             assert abs(tflite_row["probabilities"][name] - probability) < 1e-4

@@ -12,7 +12,7 @@ import pytest
 from dvclive import Live
 
 from browser import find_chromium, render_page
-from helpers import PROJECT_ROOT, copy_project, run
+from helpers import PROJECT_ROOT, copy_project, init_dvc, run
 from imgclf.gallery import draw_grid
 from imgclf.plots import log_classification_plots, write_training_curves
 
@@ -66,12 +66,19 @@ def write_evaluate_plots(project, seed):
     for name in ("errors.png", "gradcam.png"):
         live.log_image(name, draw_grid(pictures, ["a", "b"]))
 
+    # The split stage's class counts, drawn with the project's class_balance template.
+    balance = project / "metrics" / "balance"
+    balance.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val", "test"):
+        counts = rng.integers(5, 50, size=2)
+        (balance / f"{split}.csv").write_text(f"label,images\ncats,{counts[0]}\ndogs,{counts[1]}\n")
+
 
 @pytest.mark.skipif(find_chromium() is None, reason="chromium or chromedriver not installed")
 def test_plots_diff_renders_offline(tmp_path, offline_template):
     project = copy_project(tmp_path / "project")
     run(["git", "init", "-q"], project)
-    run(["dvc", "init", "-q"], project)
+    init_dvc(project)
     for seed in (1, 2):
         write_evaluate_plots(project, seed)
         run(["git", "add", "-A"], project)
@@ -82,8 +89,9 @@ def test_plots_diff_renders_offline(tmp_path, offline_template):
         project)
     page = render_page(project / "diff" / "index.html", tmp_path / "diff.png")
 
-    # 2 training curves, 2 confusion matrices, ROC, precision-recall, reliability
-    assert len(page.plots) == 7, shown["data"].keys()
+    # 3 class balance charts, 2 training curves, 2 confusion matrices, ROC,
+    # precision-recall and reliability
+    assert len(page.plots) == 10, shown["data"].keys()
     assert sorted(page.drawn) == sorted(page.plots)
     assert len(page.images) == 4  # two gallery images for each revision
     assert all(image["width"] > 0 for image in page.images), page.images
