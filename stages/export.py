@@ -13,7 +13,7 @@ import numpy as np
 from imgclf import config
 from imgclf.data import label_ids
 from imgclf.errors import StageError
-from imgclf.export import FORMATS, export_all, parity
+from imgclf.export import FORMATS, below_agreement, export_all, parity
 from imgclf.files import staged_directory, write_json_atomic
 from imgclf.inference import KerasPredictor, ModelMetadata, image_array, load_predictor, predict_arrays, write_metadata
 from imgclf.manifest import class_names, read_entries
@@ -57,14 +57,20 @@ def main() -> None:
             }
             log.info("%s: %s", name, report["formats"][name])
 
-        failed = {
-            name: result["top1_agreement"] for name, result in report["formats"].items()
-            if result["top1_agreement"] < settings.min_agreement
-        }
-        if failed:
+        agreements = {name: result["top1_agreement"] for name, result in report["formats"].items()}
+        quantized, lossless_failed = below_agreement(agreements, settings.min_agreement)
+        for name, value in sorted(quantized.items()):
+            log.warning(
+                "%s agrees with %s on %.2f %% of the test images, below export.min_agreement "
+                "= %s: rounding the weights changes this model's answers. Serve "
+                "model_float32.tflite instead, or accept the loss", name, config.FINAL_MODEL,
+                100 * value, settings.min_agreement,
+            )
+        if lossless_failed:
             raise StageError(
                 f"top-1 agreement with {config.FINAL_MODEL} is below export.min_agreement = "
-                f"{settings.min_agreement} for {failed}; check the converter warnings above"
+                f"{settings.min_agreement} for {lossless_failed}, formats that should match it "
+                "exactly; check the converter warnings above"
             )
 
     write_metadata(config.MODELS_DIR, metadata)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from imgclf.export import FORMATS, export_all, parity
+from imgclf.export import FORMATS, below_agreement, export_all, parity
 from imgclf.inference import image_array, load_model, load_predictor, predict_arrays
 from tiny_model import IMAGE_SIZE, photo_bytes, save_tiny_model
 
@@ -47,3 +47,13 @@ def test_parity_counts_disagreements():
     assert result["top1_agreement"] == pytest.approx(2 / 3)
     assert result["max_probability_difference"] == pytest.approx(0.2)
     assert result["accuracy"] == pytest.approx(1 / 3)
+
+
+def test_only_lossless_formats_fail_the_gate():
+    agreements = {"saved_model": 1.0, "tflite_float32": 0.99, "tflite_dynamic_range": 0.93, "h5": 1.0}
+
+    quantized, lossless = below_agreement(agreements, 0.995)
+
+    assert quantized == {"tflite_dynamic_range": 0.93}
+    assert lossless == {"tflite_float32": 0.99}
+    assert below_agreement({"tflite_dynamic_range": 0.999}, 0.995) == ({}, {})

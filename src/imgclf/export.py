@@ -32,6 +32,19 @@ FORMATS = {
     "tflite_dynamic_range": TFLITE_DYNAMIC_RANGE,
     "h5": LEGACY_H5,
 }
+# Formats whose weights are rounded on purpose: disagreeing with the Keras model is a
+# property of the model (how close its decisions are), not an export fault.
+QUANTIZED = {"tflite_dynamic_range"}
+
+
+def below_agreement(
+    agreements: dict[str, float], min_agreement: float
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Return the formats below `min_agreement`: (quantized ones, lossless ones)."""
+    below = {name: value for name, value in agreements.items() if value < min_agreement}
+    quantized = {name: value for name, value in below.items() if name in QUANTIZED}
+    lossless = {name: value for name, value in below.items() if name not in QUANTIZED}
+    return quantized, lossless
 
 
 def export_saved_model(model, folder: Path) -> Path:
