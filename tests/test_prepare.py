@@ -228,7 +228,7 @@ def test_high_bit_depth_scaled_not_clipped(tmp_path, mode):
     assert row[-3] > 225
 
 
-# --- every kind of file a real folder holds -------------------------------------------
+# --- every kind of file a real folder contains -------------------------------------------
 
 @pytest.mark.parametrize("fmt", ["PNG", "GIF", "WEBP", "BMP", "TIFF"])
 def test_extension_that_lies_is_read_by_content(tmp_path, fmt):
@@ -253,7 +253,8 @@ def test_animation_gives_its_first_frame(tmp_path, fmt):
     assert reason is None
     with Image.open(target) as image:
         r, _, b = np.asarray(image)[SIZE // 2, SIZE // 2]
-    assert r > 200 and b < 60
+    assert r > 200
+    assert b < 60
 
 
 MODES = ["RGB", "L", "LA", "P", "RGBA", "CMYK", "1", "I", "F", "I;16"]
@@ -310,7 +311,9 @@ def test_transparency_goes_onto_the_background_param(tmp_path, mode, save_option
     assert reason is None
     with Image.open(target) as result:
         r, g, b = np.asarray(result)[SIZE // 2, SIZE // 2]
-    assert g > 230 and r < 30 and b < 30
+    assert g > 230
+    assert r < 30
+    assert b < 30
 
 
 def _marked(orientation: int | None) -> Image.Image:
@@ -365,7 +368,7 @@ def test_image_below_min_size_dropped(tmp_path):
 
 @pytest.mark.parametrize("width", [9_000, 100_000])
 def test_too_many_pixels_rejected_before_decoding(tmp_path, width):
-    # The header claims width x width pixels, and the data holds one short row. Decoding
+    # The header claims width x width pixels, and the data contains one short row. Decoding
     # would fail as truncated, so too_many_pixels shows the header check came first.
     source = tmp_path / "bomb.png"
     oversized_png_header(source, width, width)
@@ -397,7 +400,8 @@ def test_resize_policies(tmp_path):
             return np.asarray(image)[row, column].astype(int)
 
     # squash keeps the red ends; center_crop cuts them; pad adds green above and below.
-    assert rgb("squash", SIZE // 2, 1)[0] > 200 and rgb("squash", SIZE // 2, 1)[1] < 60
+    assert rgb("squash", SIZE // 2, 1)[0] > 200  # red
+    assert rgb("squash", SIZE // 2, 1)[1] < 60
     assert rgb("center_crop", SIZE // 2, 1).max() < 60  # black, not red
     assert rgb("pad", 1, SIZE // 2)[1] > 200  # green padding on top
     assert rgb("pad", SIZE // 2, 1)[0] > 200  # the red end is still there

@@ -118,7 +118,8 @@ def test_prepare_and_split_outputs(project, tmp_path):
     for split in ("train", "val", "test"):
         assert (project / "data" / "split" / f"{split}.csv").is_file()
         balance = (project / "metrics" / "balance" / f"{split}.csv").read_text().splitlines()
-        assert balance[0] == "label,images" and len(balance) == 3
+        assert balance[0] == "label,images"
+        assert len(balance) == 3  # the header and two classes
     assert (project / "metrics" / "prepare.json").is_file()
     assert (project / "metrics" / "split.json").is_file()
     leftovers = [p for p in (project / "data").iterdir() if p.name.endswith(".partial")]
