@@ -13,6 +13,7 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
+from helpers import random_predictions
 from imgclf.errors import StageError
 from imgclf.metrics import (
     calibration_bins,
@@ -23,16 +24,6 @@ from imgclf.metrics import (
     positive_class_id,
     score_probabilities,
 )
-
-
-def random_predictions(n: int, n_classes: int, seed: int = 0):
-    """Return (true ids, probabilities): right about 60% of the time, every class present."""
-    rng = np.random.default_rng(seed)
-    true_ids = np.arange(n) % n_classes
-    logits = rng.normal(size=(n, n_classes))
-    logits[np.arange(n), true_ids] += 1.0
-    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    return true_ids, probabilities
 
 
 def score(true_ids, probabilities, classes, positive_id=None, top_k=5, n_bins=10):

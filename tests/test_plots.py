@@ -9,22 +9,14 @@ from dvclive import Live
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from helpers import random_predictions
 from imgclf.errors import StageError
 from imgclf.plots import log_classification_plots, read_training_log, write_training_curves
 
 
-def predictions(n_classes: int, n: int = 60, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    true_ids = np.arange(n) % n_classes
-    logits = rng.normal(size=(n, n_classes))
-    logits[np.arange(n), true_ids] += 1.5
-    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    return true_ids, probabilities
-
-
 def write_plots(tmp_path, n_classes, positive_id):
-    true_ids, final = predictions(n_classes)
-    _, head = predictions(n_classes, seed=1)
+    true_ids, final = random_predictions(60, n_classes, margin=1.5)
+    _, head = random_predictions(60, n_classes, seed=1, margin=1.5)
     classes = [f"class{i}" for i in range(n_classes)]
     live = Live(dir=str(tmp_path / "live"), dvcyaml=None, save_dvc_exp=False)
     log_classification_plots(
