@@ -33,6 +33,8 @@ EXPORT_DIR = MODELS_DIR / "export"
 METRICS_DIR = Path("metrics")
 BALANCE_DIR = METRICS_DIR / "balance"  # images per class, one CSV per split
 DVCLIVE_DIR = Path("dvclive")
+FEATURES_DIR = Path("data/features")  # cached backbone activations, written by the features stage
+AUDIT_REPORT = METRICS_DIR / "audit.json"
 
 
 def split_manifest(split: str) -> Path:
@@ -110,6 +112,33 @@ class AugmentParams(Section):
     contrast: Annotated[float, Field(ge=0, le=1)]
 
 
+class FeaturesParams(Section):
+    # Augmented copies of each training image whose activations are cached; view 0
+    # is the image itself. Each training epoch draws one view per image.
+    train_views: Annotated[int, Field(ge=1, le=64)]
+    dtype: Literal["float16", "float32"]  # of the cached arrays on disk
+    batch_size: Annotated[int, Field(ge=1, le=4096)]  # images per forward pass; speed only
+
+
+class AuditParams(Section):
+    folds: Annotated[int, Field(ge=2, le=20)]  # cross-validation folds of the linear model
+    # An image is a likely mislabel when the out-of-fold model gives another class
+    # at least this probability.
+    mislabel_confidence: Annotated[float, Field(gt=0, lt=1)]
+    grid_size: Annotated[int, Field(ge=1, le=64)]  # top suspects drawn in the image grid
+    # Paths of prepared images, as metrics/audit.json lists them, that train_head and
+    # finetune leave out. The audit itself still scores them.
+    exclude: list[Annotated[str, Field(min_length=1)]]
+
+
+class ComputeParams(Section):
+    # tf.distribute strategy: auto is mirrored when more than one GPU is visible,
+    # else none (the default strategy).
+    distribute: Literal["auto", "none", "mirrored", "multi_worker"]
+    # mixed_float16 compute: auto turns it on when every visible GPU supports it.
+    mixed_precision: Literal["auto", "on", "off"]
+
+
 class TrainHeadParams(Section):
     optimizer: Literal["adam", "sgd", "rmsprop"]
     lr: LearningRate
@@ -153,6 +182,9 @@ class Params(Section):
     split: SplitParams
     model: ModelParams
     augment: AugmentParams
+    compute: ComputeParams
+    features: FeaturesParams
+    audit: AuditParams
     train_head: TrainHeadParams
     finetune: FinetuneParams
     evaluate: EvaluateParams
