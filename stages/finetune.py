@@ -1,7 +1,8 @@
-"""finetune: models/head.keras, data/split/{train,val}.csv -> models/model.keras, dvclive/finetune/.
+"""finetune: models/head.keras, data/features/*.cut.npy -> models/model.keras, dvclive/finetune/.
 
-Unfreezes the top finetune.unfreeze backbone layers (BatchNormalization stays
-frozen) and trains them with the head at a low learning rate.
+Trains the backbone layers above the cached cut (BatchNormalization stays
+frozen) together with the head at a low learning rate, on the cached cut
+activations, then saves the full classifier.
 """
 
 import logging
@@ -9,10 +10,13 @@ import logging
 import keras
 
 from imgclf import config
-from imgclf.data import make_dataset
+from imgclf.features import (
+    ViewBatches, check_exclusions, check_meta, find_cut, kept_rows, labels_for, load_array,
+    read_meta, top_on_cut,
+)
 from imgclf.files import save_model_atomic
 from imgclf.manifest import class_names, read_entries
-from imgclf.model import build_augmentation, unfreeze_top
+from imgclf.model import find_backbone, unfreeze_top
 from imgclf.stage import run_stage
 from imgclf.train import compile_classifier, fit, make_optimizer, set_seed
 
@@ -23,35 +27,41 @@ def main() -> None:
     params = config.load_params()
     set_seed(params.seed)
     settings = params.finetune
-    image_size = params.data.image_size
-
-    train_entries = read_entries(config.split_manifest("train"))
-    val_entries = read_entries(config.split_manifest("val"))
-    classes = class_names(train_entries)
     sigmoid_head = params.model.head == "sigmoid"
 
-    augmentation = build_augmentation(params.augment, seed=params.seed)
-    train_data = make_dataset(
-        train_entries, classes, image_size=image_size, batch_size=settings.batch_size,
-        sigmoid_head=sigmoid_head, shuffle_seed=params.seed, augmentation=augmentation,
-    )
-    val_data = make_dataset(
-        val_entries, classes, image_size=image_size, batch_size=settings.batch_size,
-        sigmoid_head=sigmoid_head,
-    )
+    entries = {split: read_entries(config.split_manifest(split)) for split in config.SPLITS}
+    classes = class_names(entries["train"])
+    check_exclusions(params.audit.exclude, entries)
 
     model = keras.models.load_model(config.HEAD_MODEL)
-    unfrozen = unfreeze_top(model, settings.unfreeze)
-    # Recompile after changing `trainable`, or Keras keeps training the old set of weights.
-    compile_classifier(model, make_optimizer("adam", settings.lr))
-    log.info(
-        "fine-tuning %d backbone layers with weights (%s ... %s) at lr %g",
-        len(unfrozen), unfrozen[0] if unfrozen else "-", unfrozen[-1] if unfrozen else "-",
-        settings.lr,
+    cut = find_cut(find_backbone(model), settings.unfreeze)
+    check_meta(
+        read_meta(config.FEATURES_DIR),
+        {"cut_layer": cut.layer, "classes": classes},
+        {split: config.split_manifest(split) for split in ("train", "val")},
     )
 
+    unfrozen = unfreeze_top(model, cut.trainable_layers)
+    top = top_on_cut(model, cut)  # cut activation (batch, h, w, c) -> probabilities
+    # Compile after changing `trainable`, or Keras keeps training the old set of weights.
+    compile_classifier(top, make_optimizer("adam", settings.lr))
+    log.info(
+        "%s: %d with weights (%s ... %s), at lr %g",
+        cut.describe(), len(unfrozen), unfrozen[0] if unfrozen else "-",
+        unfrozen[-1] if unfrozen else "-", settings.lr,
+    )
+
+    batches = {
+        split: ViewBatches(
+            load_array(config.FEATURES_DIR, split, "cut"),
+            labels_for(entries[split], classes, sigmoid_head=sigmoid_head),
+            batch_size=settings.batch_size, seed=params.seed, shuffle=split == "train",
+            rows=kept_rows(entries[split], params.audit.exclude),
+        )
+        for split in ("train", "val")
+    }
     fit(
-        model, train_data, val_data,
+        top, batches["train"], batches["val"],
         epochs=settings.epochs,
         patience=settings.patience,
         live_dir=config.DVCLIVE_DIR / "finetune",

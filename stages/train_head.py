@@ -1,15 +1,19 @@
-"""train_head: data/split/{train,val}.csv -> models/head.keras, dvclive/train_head/.
+"""train_head: data/features/*.pooled.npy, data/split/{train,val}.csv -> models/head.keras, dvclive/train_head/.
 
-Trains a new head on the frozen ImageNet backbone.
+Trains a new head on the cached pooled backbone output, then saves it inside
+the full classifier (the backbone that computed the cache, plus the head).
 """
 
 import logging
 
 from imgclf import config
-from imgclf.data import label_ids, make_dataset
+from imgclf.features import (
+    BACKBONE_WEIGHTS, ViewBatches, check_exclusions, check_meta, head_on_pooled, kept_rows,
+    labels_for, load_array, read_meta,
+)
 from imgclf.files import save_model_atomic
 from imgclf.manifest import class_names, read_entries
-from imgclf.model import build_augmentation, build_classifier, check_unfreeze
+from imgclf.model import build_classifier, find_backbone
 from imgclf.stage import run_stage
 from imgclf.train import class_weights, compile_classifier, fit, make_optimizer, set_seed
 
@@ -20,39 +24,53 @@ def main() -> None:
     params = config.load_params()
     set_seed(params.seed)
     settings = params.train_head
-    image_size = params.data.image_size
-
-    train_entries = read_entries(config.split_manifest("train"))
-    val_entries = read_entries(config.split_manifest("val"))
-    classes = class_names(train_entries)
     sigmoid_head = params.model.head == "sigmoid"
 
-    augmentation = build_augmentation(params.augment, seed=params.seed)
-    train_data = make_dataset(
-        train_entries, classes, image_size=image_size, batch_size=settings.batch_size,
-        sigmoid_head=sigmoid_head, shuffle_seed=params.seed, augmentation=augmentation,
-    )
-    val_data = make_dataset(
-        val_entries, classes, image_size=image_size, batch_size=settings.batch_size,
-        sigmoid_head=sigmoid_head,
+    entries = {split: read_entries(config.split_manifest(split)) for split in config.SPLITS}
+    classes = class_names(entries["train"])
+    check_exclusions(params.audit.exclude, entries)
+    meta = read_meta(config.FEATURES_DIR)
+    check_meta(
+        meta,
+        {"backbone": params.model.backbone, "alpha": params.model.alpha,
+         "weights": params.model.weights, "image_size": params.data.image_size,
+         "classes": classes},
+        {split: config.split_manifest(split) for split in ("train", "val")},
     )
 
-    model = build_classifier(params.model, image_size=image_size, n_classes=len(classes))
-    check_unfreeze(model, params.finetune.unfreeze)  # fail now, not after training the head
-    compile_classifier(model, make_optimizer(settings.optimizer, settings.lr, settings.momentum))
+    # The full classifier, around the exact backbone weights that computed the cache.
+    model = build_classifier(
+        params.model.model_copy(update={"weights": "none"}),
+        image_size=params.data.image_size, n_classes=len(classes),
+    )
+    find_backbone(model).load_weights(config.FEATURES_DIR / BACKBONE_WEIGHTS)
+    head = head_on_pooled(model)  # pooled (batch, C) -> probabilities, sharing the head layers
+    compile_classifier(head, make_optimizer(settings.optimizer, settings.lr, settings.momentum))
+
+    batches = {
+        split: ViewBatches(
+            load_array(config.FEATURES_DIR, split, "pooled"),
+            labels_for(entries[split], classes, sigmoid_head=sigmoid_head),
+            batch_size=settings.batch_size, seed=params.seed, shuffle=split == "train",
+            rows=kept_rows(entries[split], params.audit.exclude),
+        )
+        for split in ("train", "val")
+    }
+    train_ids = labels_for(entries["train"], classes, sigmoid_head=False)
     log.info(
-        "training the %s head of %s on %d images of %d classes, validating on %d",
-        params.model.head, params.model.backbone, len(train_entries), len(classes),
-        len(val_entries),
+        "training the %s head of %s on the cached features of %d images (%d views) of %d "
+        "classes, validating on %d; %d left out by audit.exclude",
+        params.model.head, params.model.backbone, len(batches["train"].rows),
+        meta["train_views"], len(classes), len(batches["val"].rows), len(params.audit.exclude),
     )
 
     fit(
-        model, train_data, val_data,
+        head, batches["train"], batches["val"],
         epochs=settings.epochs,
         patience=settings.patience,
         live_dir=config.DVCLIVE_DIR / "train_head",
         class_weight=class_weights(
-            label_ids(train_entries, classes), len(classes), settings.class_weight
+            train_ids[batches["train"].rows], len(classes), settings.class_weight
         ),
     )
 

@@ -27,6 +27,14 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+def keras_home() -> Path:
+    """Locate the Keras cache the way Keras 3 does."""
+    if "KERAS_HOME" in os.environ:
+        return Path(os.environ["KERAS_HOME"])
+    home = Path.home()
+    return (home if os.access(home, os.W_OK) else Path("/tmp")) / ".keras"
+
+
 def init_dvc(project: Path) -> None:
     """Run `dvc init` in a git repository and add the project's custom plot templates."""
     run(["dvc", "init", "-q"], project)
@@ -82,6 +90,22 @@ def run_stage(project: Path, stage: str, **env: str) -> subprocess.CompletedProc
         env=tool_env(PYTHONPATH=str(project / "src"), **env), check=False,
     )
 
+
+
+def run_stages(project, stages, **env) -> str:
+    """Run stages in order and return their output; fail with the output of the first that fails."""
+    outputs = []
+    for stage in stages:
+        result = run_stage(project, stage, **env)
+        assert result.returncode == 0, f"{stage}:\n{result.output}"
+        outputs.append(result.output)
+    return "\n".join(outputs)
+
+
+def init_git(project, *, commit: bool) -> None:
+    run(["git", "init", "-q"], project)
+    if commit:
+        run(["git", "commit", "-q", "--allow-empty", "-m", "start"], project)
 
 # Settings that make the pipeline run in seconds on generated images: a small
 # randomly initialized MobileNetV2 (no download) at 32x32 pixels.

@@ -6,7 +6,6 @@ It trains fewer epochs than the defaults to fit in CI.
 """
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,20 +20,12 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from helpers import copy_project, init_dvc, run, set_params
+from helpers import copy_project, init_dvc, keras_home, run, set_params
 
 pytestmark = pytest.mark.slow
 
 ARCHIVE = "datasets/cats_and_dogs_filtered.zip"
 WEIGHTS = "models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
-
-
-def keras_home() -> Path:
-    """Locate the Keras cache the way Keras 3 does."""
-    if "KERAS_HOME" in os.environ:
-        return Path(os.environ["KERAS_HOME"])
-    home = Path.home()
-    return (home if os.access(home, os.W_OK) else Path("/tmp")) / ".keras"
 
 
 def test_cats_and_dogs_reaches_97_percent(tmp_path):

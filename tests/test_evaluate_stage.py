@@ -22,7 +22,7 @@ def project(tmp_path_factory):
     run(["git", "init", "-q"], project)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "project"], project)
-    for stage in ("fetch", "prepare", "split", "train_head", "finetune", "evaluate"):
+    for stage in ("fetch", "prepare", "split", "features", "train_head", "finetune", "evaluate"):
         result = run_stage(project, stage)
         assert result.returncode == 0, f"{stage}:\n{result.output}"
     return project

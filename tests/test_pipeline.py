@@ -39,7 +39,7 @@ def repo(tmp_path_factory):
 def test_first_repro_runs_every_stage(repo):
     project = repo["project"]
     assert stages_run(repo["first"]) == {
-        "fetch", "prepare", "split", "train_head", "finetune", "evaluate", "export",
+        "fetch", "prepare", "split", "features", "train_head", "finetune", "evaluate", "export",
     }
     assert (project / "models" / "head.keras").is_file()
     assert (project / "models" / "model.keras").is_file()

@@ -11,7 +11,7 @@ import zipfile
 import pytest
 
 from conftest import add_folder_traps, write_class_images, write_messy_folder
-from helpers import TINY_PARAMS, copy_project, run, run_stage, set_params
+from helpers import TINY_PARAMS, copy_project, init_git, run, run_stage, run_stages, set_params
 
 
 @pytest.fixture
@@ -41,22 +41,6 @@ def archive_server(tmp_path):
     yield f"http://127.0.0.1:{server.server_address[1]}/pets.zip", stop
     if thread.is_alive():
         stop()
-
-
-def run_stages(project, stages, **env) -> str:
-    """Run stages in order and return their output; fail with the output of the first that fails."""
-    outputs = []
-    for stage in stages:
-        result = run_stage(project, stage, **env)
-        assert result.returncode == 0, f"{stage}:\n{result.output}"
-        outputs.append(result.output)
-    return "\n".join(outputs)
-
-
-def init_git(project, *, commit: bool) -> None:
-    run(["git", "init", "-q"], project)
-    if commit:
-        run(["git", "commit", "-q", "--allow-empty", "-m", "start"], project)
 
 
 def test_fetch_downloads_into_keras_cache(project, tmp_path, archive_server):
@@ -222,7 +206,7 @@ def test_train_head_in_empty_git_repo_explains(project, tmp_path):
     source = write_class_images(tmp_path / "images", {"cats": 6, "dogs": 6})
     set_params(project, **TINY_PARAMS, **{"data.source": str(source)})
     init_git(project, commit=False)
-    run_stages(project, ["fetch", "prepare", "split"])
+    run_stages(project, ["fetch", "prepare", "split", "features"])
 
     result = run_stage(project, "train_head")
 
@@ -250,7 +234,7 @@ def test_missing_weights_offline_explained(project, tmp_path):
         "HTTPS_PROXY": "http://127.0.0.1:9",
         "NO_PROXY": "",
     }
-    result = run_stage(project, "train_head", **offline)
+    result = run_stage(project, "features", **offline)
 
     assert result.returncode == 1
     assert "downloading the ImageNet weights of mobilenet_v2 (alpha 0.35, size 96)" in result.output
@@ -268,7 +252,9 @@ def test_sigmoid_head_balanced_weights_run(project, tmp_path):
     })
     init_git(project, commit=True)
 
-    run_stages(project, ["fetch", "prepare", "split", "train_head", "finetune", "evaluate", "export"])
+    run_stages(project, [
+        "fetch", "prepare", "split", "features", "train_head", "finetune", "evaluate", "export",
+    ])
 
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert set(metrics["final"]["per_class"]) == {"cats", "dogs"}
