@@ -140,6 +140,8 @@ def test_tf_config_counts_chief_as_worker():
          "task index 1 is out of range"),
         ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": "0"}}',
          "task index '0' is out of range"),
+        ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": true}}',
+         "task index True is out of range"),
     ],
 )
 def test_tf_config_rejects_malformed(raw, fragment):

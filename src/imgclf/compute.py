@@ -113,7 +113,8 @@ def parse_tf_config(raw: str) -> tuple[str, int, int]:
             f"TF_CONFIG task type {task_type!r} is not a job in its cluster "
             f"{sorted(cluster)}; {fix}"
         )
-    if not isinstance(task_index, int) or not 0 <= task_index < len(members):
+    valid_index = isinstance(task_index, int) and not isinstance(task_index, bool)
+    if not valid_index or not 0 <= task_index < len(members):
         raise StageError(
             f"TF_CONFIG task index {task_index!r} is out of range for the {len(members)} "
             f"address(es) of job {task_type!r}; use an index from 0 to {len(members) - 1}"
