@@ -481,8 +481,8 @@ def test_float32_copy_close_to_mixed():
     assert {layer.compute_dtype for layer in mixed_backbone[1:]} == {"float16"}  # after Input
     assert {layer.compute_dtype for layer in copy_backbone} == {"float32"}
     assert mixed_probabilities.std(axis=0).max() > 0.05, "images should give different outputs"
-    # float16 keeps about 3 decimal digits through three convolutions and the head.
-    np.testing.assert_allclose(copy_probabilities, mixed_probabilities, atol=2e-2)
+    # float16 has a relative precision of about 1e-3. This model differed by at most 5e-5 here.
+    np.testing.assert_allclose(copy_probabilities, mixed_probabilities, atol=1e-3)
     assert not np.array_equal(copy_probabilities, mixed_probabilities), "no float16 rounding seen"
 
 
