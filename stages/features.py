@@ -9,6 +9,7 @@ import logging
 import time
 
 from imgclf import config
+from imgclf.compute import setup_compute
 from imgclf.features import (
     BACKBONE_WEIGHTS, META_FILE, build_extractor, file_sha256, find_cut, write_split,
 )
@@ -23,6 +24,7 @@ log = logging.getLogger("imgclf.stages.features")
 
 def main() -> None:
     params = config.load_params()
+    compute = setup_compute(params.compute)  # before any other TensorFlow operation
     set_seed(params.seed)
     settings = params.features
     image_size = params.data.image_size
@@ -30,10 +32,11 @@ def main() -> None:
     entries = {split: read_entries(config.split_manifest(split)) for split in config.SPLITS}
     classes = class_names(entries["train"])
 
-    model = build_classifier(params.model, image_size=image_size, n_classes=len(classes))
-    backbone = find_backbone(model)
-    cut = find_cut(backbone, params.finetune.unfreeze)
-    extractor = build_extractor(model, cut)
+    with compute.strategy.scope():
+        model = build_classifier(params.model, image_size=image_size, n_classes=len(classes))
+        backbone = find_backbone(model)
+        cut = find_cut(backbone, params.finetune.unfreeze)
+        extractor = build_extractor(model, cut)
     cut_shape, pooled_shape = (list(output.shape[1:]) for output in extractor.outputs)
     log.info("%s; cut activation %s, pooled %s", cut.describe(), cut_shape, pooled_shape)
 

@@ -7,6 +7,7 @@ the full classifier (the backbone that computed the cache, plus the head).
 import logging
 
 from imgclf import config
+from imgclf.compute import for_saving, setup_compute
 from imgclf.features import (
     BACKBONE_WEIGHTS, ViewBatches, check_exclusions, check_meta, head_on_pooled, kept_rows,
     labels_for, load_array, read_meta,
@@ -22,6 +23,7 @@ log = logging.getLogger("imgclf.stages.train_head")
 
 def main() -> None:
     params = config.load_params()
+    compute = setup_compute(params.compute)  # before any other TensorFlow operation
     set_seed(params.seed)
     settings = params.train_head
     sigmoid_head = params.model.head == "sigmoid"
@@ -38,14 +40,17 @@ def main() -> None:
         {split: config.split_manifest(split) for split in ("train", "val")},
     )
 
-    # The full classifier, around the exact backbone weights that computed the cache.
-    model = build_classifier(
-        params.model.model_copy(update={"weights": "none"}),
-        image_size=params.data.image_size, n_classes=len(classes),
-    )
-    find_backbone(model).load_weights(config.FEATURES_DIR / BACKBONE_WEIGHTS)
-    head = head_on_pooled(model)  # pooled (batch, C) -> probabilities, sharing the head layers
-    compile_classifier(head, make_optimizer(settings.optimizer, settings.lr, settings.momentum))
+    with compute.strategy.scope():
+        # The full classifier, around the exact backbone weights that computed the cache.
+        model = build_classifier(
+            params.model.model_copy(update={"weights": "none"}),
+            image_size=params.data.image_size, n_classes=len(classes),
+        )
+        find_backbone(model).load_weights(config.FEATURES_DIR / BACKBONE_WEIGHTS)
+        head = head_on_pooled(model)  # pooled (batch, C) -> probabilities; shares the head
+        compile_classifier(
+            head, make_optimizer(settings.optimizer, settings.lr, settings.momentum)
+        )
 
     batches = {
         split: ViewBatches(
@@ -74,7 +79,7 @@ def main() -> None:
         ),
     )
 
-    save_model_atomic(model, config.HEAD_MODEL)
+    save_model_atomic(for_saving(model, compute), config.HEAD_MODEL)
     log.info("saved %s", config.HEAD_MODEL)
 
 

@@ -3,7 +3,9 @@
 import csv
 import json
 import re
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -111,19 +113,20 @@ def test_finetune_lr_reruns_only_downstream(repo):
     run(["git", "commit", "-qm", "finetune.lr 3e-4"], project)
 
 
-def test_exp_run_listed_by_show_and_diff(repo):
+def test_head_lr_experiment_reuses_the_feature_cache(repo):
     project = repo["project"]
 
-    result = run(["dvc", "exp", "run", "-S", "finetune.lr=0.002"], project)
+    result = run(["dvc", "exp", "run", "-S", "train_head.lr=0.002"], project)
 
-    assert stages_run(result.output) - {"fetch"} == {"finetune", "evaluate", "export"}
+    assert stages_run(result.output) - {"fetch"} == {"train_head", "finetune", "evaluate", "export"}
+    assert "Stage 'features' didn't change, skipping" in result.output
     exp_table = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     experiments = [
         exp for commit in exp_table for exp in (commit.get("experiments") or [])
     ]
     assert experiments, exp_table
     params = experiments[0]["revs"][0]["data"]["params"]["params.yaml"]["data"]
-    assert params["finetune"]["lr"] == 0.002
+    assert params["train_head"]["lr"] == 0.002
 
     diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], project).stdout)
     assert "final.accuracy" in diff["metrics/evaluate.json"]
@@ -143,6 +146,45 @@ def test_exp_run_typo_fails(repo):
     assert "finetune.lrr" in rejected_by_dvc.output
     assert added.returncode != 0
     assert "finetune.lrr: unknown key" in added.output
+
+
+def wait_for_queue(project, timeout: float = 900) -> str:
+    """Poll `dvc queue status` until nothing is queued or running; return the last status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = run(["dvc", "queue", "status"], project).stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            return status
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the queue did not finish in {timeout} s:\n{status}")
+        time.sleep(3)
+
+
+def test_queued_grid_from_a_clean_clone(repo, tmp_path):
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo["project"]), str(clone)], tmp_path)
+    # The first project's DVC cache stands in for the remote a team would pull from.
+    remote = str(repo["project"] / ".dvc" / "cache")
+    run(["dvc", "remote", "add", "--local", "-d", "origin", remote], clone)
+    run(["dvc", "pull"], clone)
+
+    run(["dvc", "exp", "run", "--queue", "-S", "train_head.lr=0.0003,0.003"], clone)
+    # The queue's workers run detached and keep inherited pipes open, so no capture here.
+    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=clone, env=tool_env(), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    status = wait_for_queue(clone)
+
+    tasks = re.findall(r"^(\w+)\s.*\bSuccess\b", status, flags=re.MULTILINE)
+    assert len(tasks) == 2, status
+    for task in tasks:
+        log = run(["dvc", "queue", "logs", task], clone).output
+        assert stages_run(log) - {"fetch"} == {"train_head", "finetune", "evaluate", "export"}
+    table = json.loads(run(["dvc", "exp", "show", "--json"], clone).stdout)
+    rates = {
+        exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["train_head"]["lr"]
+        for commit in table for exp in (commit.get("experiments") or [])
+    }
+    assert rates == {0.0003, 0.003}
 
 
 def test_changed_source_folder_is_seen(repo):

@@ -349,3 +349,8 @@ def float32_copy(model: keras.Model) -> keras.Model:
 
     copy.set_weights(model.get_weights())
     return copy
+
+
+def for_saving(model: keras.Model, compute: Compute) -> keras.Model:
+    """The model to save: itself under float32, a float32 copy of it under mixed precision."""
+    return model if compute.policy == "float32" else float32_copy(model)

@@ -68,14 +68,18 @@ def build_classifier(params: ModelParams, *, image_size: int, n_classes: int) ->
     x = layers.GlobalAveragePooling2D(name="pool")(x)  # (batch, channels)
     x = layers.Dropout(params.dropout, name="dropout")(x)
 
+    # The classifier computes in float32 under any policy: a float16 softmax loses
+    # the small probabilities that log loss and calibration depend on.
     regularizer = keras.regularizers.L1L2(l1=params.l1, l2=params.l2)
     if params.head == "sigmoid":
         outputs = layers.Dense(
-            1, activation="sigmoid", kernel_regularizer=regularizer, name="classifier"
+            1, activation="sigmoid", kernel_regularizer=regularizer, dtype="float32",
+            name="classifier",
         )(x)  # (batch, 1): probability of the second class
     else:
         outputs = layers.Dense(
-            n_classes, activation="softmax", kernel_regularizer=regularizer, name="classifier"
+            n_classes, activation="softmax", kernel_regularizer=regularizer, dtype="float32",
+            name="classifier",
         )(x)  # (batch, n_classes)
 
     return keras.Model(inputs, outputs, name=f"imgclf_{params.backbone}")
