@@ -21,8 +21,8 @@ from imgclf.manifest import Entry
 from imgclf.model import build_classifier, find_backbone, unfreeze_top
 from imgclf.train import compile_classifier, make_optimizer
 
-# A randomly initialized MobileNetV2 gives the same output for every image, which would
-# make the comparisons below prove nothing; its smallest ImageNet weights are used instead.
+# A randomly initialized MobileNetV2 gives the same output for every image, so the
+# comparisons below would prove nothing. Its smallest ImageNet weights are used instead.
 SIZE = 224
 MODEL = ModelParams(
     backbone="mobilenet_v2", alpha=0.35, weights="imagenet", head="softmax",
@@ -71,7 +71,7 @@ def test_cut_is_the_nearest_boundary_for_every_unfreeze(classifier):
         assert cut.trainable_layers == total - 1 - cut.index
 
 
-def test_cut_inside_a_residual_block_moves_to_its_edge(classifier):
+def test_cut_inside_residual_block_moves(classifier):
     backbone = find_backbone(classifier)
     total = len(backbone.layers)
     inside = total - 1 - [layer.name for layer in backbone.layers].index("block_15_project")
@@ -147,9 +147,9 @@ def test_float16_overflow_names_the_fix():
     assert to_storage(np.array([1.0, 70_000.0]), "float32").dtype == np.float32
 
 
-def test_view_batches_draw_one_view_per_image_each_epoch():
+def test_view_batches_draw_views_per_epoch():
     views, n = 3, 10
-    # Each value says its view and row: 100 * view + row.
+    # Each value encodes its view and row: 100 * view + row.
     features = (100 * np.arange(views)[:, None] + np.arange(n)[None, :]).astype(np.float16)[..., None]
     batches = ViewBatches(features, np.arange(n), batch_size=4, seed=0, shuffle=True,
                           rows=np.arange(1, n))

@@ -67,7 +67,7 @@ class Cut:
 
 
 def _parents(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
-    """The layers whose outputs `layer` takes as input, in the backbone's graph."""
+    """Return the layers whose outputs `layer` takes as input in the backbone's graph."""
     nodes = layer._inbound_nodes
     if not nodes:
         return []
@@ -122,7 +122,7 @@ def find_cut(backbone: keras.Model, unfreeze: int) -> Cut:
 
 
 def backbone_top(backbone: keras.Model, cut: Cut) -> keras.Model:
-    """The backbone above the cut: (batch, h, w, c) -> (batch, H, W, channels).
+    """Build the backbone above the cut: (batch, h, w, c) -> (batch, H, W, channels).
 
     It shares its layers, and so its weights, with `backbone`.
     """
@@ -131,7 +131,10 @@ def backbone_top(backbone: keras.Model, cut: Cut) -> keras.Model:
 
 
 def build_extractor(classifier: keras.Model, cut: Cut) -> keras.Model:
-    """Raw RGB (batch, size, size, 3) -> [cut activation (batch, h, w, c), pooled (batch, C)]."""
+    """Build the extractor: raw RGB (batch, size, size, 3) -> [cut, pooled].
+
+    cut: (batch, h, w, c) at the cut layer; pooled: (batch, C) after pooling.
+    """
     backbone = find_backbone(classifier)
     bottom = keras.Model(backbone.input, backbone.layers[cut.index].output)
     images = keras.Input(shape=classifier.input_shape[1:], name="image")
@@ -143,7 +146,7 @@ def build_extractor(classifier: keras.Model, cut: Cut) -> keras.Model:
 
 
 def head_on_pooled(classifier: keras.Model) -> keras.Model:
-    """The classifier's head alone: pooled (batch, C) -> probabilities.
+    """Build the classifier's head alone: pooled (batch, C) -> probabilities.
 
     Training it trains the classifier's own head layers.
     """
@@ -154,7 +157,7 @@ def head_on_pooled(classifier: keras.Model) -> keras.Model:
 
 
 def top_on_cut(classifier: keras.Model, cut: Cut) -> keras.Model:
-    """The classifier above the cut: activation (batch, h, w, c) -> probabilities.
+    """Build the classifier above the cut: activation (batch, h, w, c) -> probabilities.
 
     BatchNormalization runs in inference mode, as in the full classifier.
     """
@@ -202,7 +205,7 @@ def write_split(
     """Write `split`'s pooled and cut arrays, one view per entry of `augmentations`.
 
     Images are decoded once per chunk of `chunk` images and reused by every view,
-    so memory holds one chunk of decoded images and its activations.
+    so memory contains one chunk of decoded images and its activations at a time.
     """
     n, views = len(entries), len(augmentations)
     cut_shape, pooled_shape = (tuple(output.shape[1:]) for output in extractor.outputs)
