@@ -41,7 +41,8 @@ def repo(tmp_path_factory):
 def test_first_repro_runs_every_stage(repo):
     project = repo["project"]
     assert stages_run(repo["first"]) == {
-        "fetch", "prepare", "split", "features", "train_head", "finetune", "evaluate", "export",
+        "fetch", "prepare", "split", "features", "audit", "train_head", "finetune", "evaluate",
+        "export",
     }
     assert (project / "models" / "head.keras").is_file()
     assert (project / "models" / "model.keras").is_file()
@@ -215,6 +216,7 @@ def test_plots_show_renders_each_once(repo):
         f"{plots}/sklearn/precision_recall/dogs.json",
         f"{plots}/images/errors.png",
         f"{plots}/images/gradcam.png",
+        "metrics/audit.png",
     }
     assert set(rendered) == expected  # each plot once, none also drawn from a stage output
     confusion = rendered[f"{plots}/sklearn/confusion_matrix.json"]

@@ -125,6 +125,9 @@ class AuditParams(Section):
     # An image is a likely mislabel when the out-of-fold model gives another class
     # at least this probability.
     mislabel_confidence: Annotated[float, Field(gt=0, lt=1)]
+    # An image is an outlier when it is at least this many robust standard deviations
+    # farther from every class than that class's typical image (audit.outlier_scores).
+    outlier_threshold: Annotated[float, Field(gt=0, le=100)]
     grid_size: Annotated[int, Field(ge=1, le=64)]  # top suspects drawn in the image grid
     # Paths of prepared images, as metrics/audit.json lists them, that train_head and
     # finetune leave out. The audit itself still scores them.

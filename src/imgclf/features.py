@@ -189,6 +189,13 @@ def to_storage(values: np.ndarray, dtype: str) -> np.ndarray:
     return values.astype(dtype)
 
 
+def _augmented(dataset: tf.data.Dataset, augmentation: keras.Sequential) -> tf.data.Dataset:
+    def augment(images, labels):
+        return augmentation(images, training=True), labels
+
+    return dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def write_split(
     extractor: keras.Model,
     entries: list[Entry],
@@ -219,12 +226,7 @@ def write_split(
         part = entries[start : start + chunk]
         images = make_dataset(part, classes, image_size=image_size, batch_size=batch_size)
         for view, augmentation in enumerate(augmentations):
-            data = images
-            if augmentation is not None:
-                data = images.map(
-                    lambda x, y, augment=augmentation: (augment(x, training=True), y),
-                    num_parallel_calls=tf.data.AUTOTUNE,
-                )
+            data = images if augmentation is None else _augmented(images, augmentation)
             cut, pooled = extractor.predict(data, verbose=0)
             files["cut"][view, start : start + len(part)] = to_storage(cut, dtype)
             files["pooled"][view, start : start + len(part)] = to_storage(pooled, dtype)

@@ -29,13 +29,18 @@ def _remove_stale_partials(final: Path) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write text to a temporary file beside `path`, then rename it over `path`."""
+    """Write UTF-8 text to a temporary file beside `path`, then rename it over `path`."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write bytes to a temporary file beside `path`, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
         # mkstemp creates the file readable by its owner only; use the usual umask instead.
