@@ -1,4 +1,4 @@
-"""Describe the machine a benchmark ran on: CPU model, cores, RAM, load, library versions.
+"""Describe the machine a benchmark ran on: time, CPU model, cores, RAM, load, library versions.
 
 `describe_machine()` returns a JSON-ready dict. It reads /proc/cpuinfo and
 /proc/meminfo where they exist (Linux) and imports TensorFlow and Keras only
@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
 
@@ -38,15 +40,24 @@ def _read(path: str) -> str:
         return ""
 
 
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def describe_machine(with_tensorflow: bool = True) -> dict:
-    """Return the CPU model, core count, RAM, load average and library versions."""
+    """Return the time, CPU model, core count, RAM, load average and library versions."""
     description: dict = {
+        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpu_model": cpu_model(_read("/proc/cpuinfo")),
         "cpu_cores": os.cpu_count(),
         "ram_gib": mem_total_gib(_read("/proc/meminfo")),
         "load_average_1_5_15": [round(value, 2) for value in os.getloadavg()],
         "platform": platform.platform(),
         "python": sys.version.split()[0],
+        "dvc": package_version("dvc"),
     }
     if with_tensorflow:
         import keras
