@@ -6,10 +6,10 @@ medians and every raw value, rewritten after each repeat, plus each command's
 output under WORKDIR/logs/.
 
 The scratch project is a fresh git + DVC repository in WORKDIR/project. With
---subset N it fetches N images per class, drawn with a fixed seed from data/raw,
-from a local folder; the project's own prepare and split stages then split them.
-Without --subset it keeps data.source, which is the cached cats_and_dogs_filtered
-archive for the defaults. Each of the --repeats rounds measures, in this order:
+--subset N, the driver copies N images per class from data/raw, drawn with a fixed
+seed, into a folder that becomes data.source. The project's own prepare and split
+stages then split them. Without --subset the scratch project keeps data.source,
+which for the defaults is the cats_and_dogs_filtered archive in the Keras cache. Each of the --repeats rounds measures, in this order:
 
   c. `dvc repro -f` of the whole pipeline (per-stage seconds from the times at which
      DVC prints "Running stage"), then bench/tutorial_pattern.py at the default lr;
@@ -79,7 +79,7 @@ def tool_env(project: Path) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(
         PYTHONPATH=str(project / "src"),
-        PYTHONUNBUFFERED="1",  # lines arrive when printed, so stage start times are exact
+        PYTHONUNBUFFERED="1",  # DVC's lines reach the pipe when printed, not when a buffer fills
         DVC_NO_ANALYTICS="1",
         GIT_AUTHOR_NAME="imgclf bench",
         GIT_AUTHOR_EMAIL="bench@imgclf.invalid",
@@ -214,10 +214,13 @@ def run_command(args: list[str], cwd: Path, log_path: Path, *, timeout_s: float)
     end = time.monotonic()
 
     if returncode != 0:
-        why = f"timed out after {timeout_s:g} s" if returncode == -signal.SIGKILL else (
-            f"exited {returncode}")
+        if returncode == -signal.SIGKILL:
+            failure = f"timed out after {timeout_s:g} s (--timeout-s)"
+        else:
+            failure = f"failed with exit status {returncode}"
         tail = "".join(lines[-25:])
-        raise SystemExit(f"{' '.join(args)} (in {cwd}) {why}; full output in {log_path}:\n{tail}")
+        raise SystemExit(
+            f"{' '.join(args)} (in {cwd}) {failure}; full output in {log_path}:\n{tail}")
     return Run(round(end - started, 2), "".join(lines), stage_durations(starts, end))
 
 

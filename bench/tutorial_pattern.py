@@ -1,9 +1,10 @@
 """Baseline: head training and fine-tuning in one script that recomputes the backbone every epoch.
 
 In: a project root with params.yaml and the split manifests data/split/{train,val,test}.csv
-of prepared JPEGs. Out: a JSON summary on stdout and, with --output, in a file: seconds
-of the head phase, the fine-tuning phase, the test evaluation and the whole run (from
-argument parsing on, TensorFlow's import included), epochs run per phase, and test accuracy.
+of prepared JPEGs. Out: a JSON summary on stdout and, with --output, in a file. It lists
+the seconds of the head phase, the fine-tuning phase, the test evaluation and the whole
+run, the epochs run per phase, and test accuracy. The whole run counts from argument
+parsing on, so TensorFlow's import is included.
 
 This is the pattern of the TensorFlow transfer-learning tutorial, applied to the
 project's data and settings. Every epoch reads and decodes the JPEGs again (no cache),

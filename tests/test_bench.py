@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,30 @@ def test_cpu_model_and_memory_parsed():
     assert machine.cpu_model(cpuinfo) == "AMD EPYC 7B13"
     assert machine.cpu_model("processor\t: 0\n") == "unknown"
     assert machine.mem_total_gib("MemTotal:       24641536 kB\n") == 23.5
+
+
+def test_run_command_times_stages(tmp_path):
+    script = "echo \"Running stage 'a':\"; sleep 0.3; echo \"Running stage 'b':\""
+    run = experiments.run_command(["sh", "-c", script], tmp_path, tmp_path / "log",
+                                  timeout_s=30)
+    assert list(run.stage_seconds) == ["a", "b"]
+    assert 0.25 <= run.stage_seconds["a"] < 2
+    assert "Running stage 'b'" in (tmp_path / "log").read_text()
+
+
+def test_run_command_failure_shows_output(tmp_path):
+    with pytest.raises(SystemExit, match="exit status 3(.|\n)*broken input"):
+        experiments.run_command(["sh", "-c", "echo broken input; exit 3"], tmp_path,
+                                tmp_path / "log", timeout_s=30)
+
+
+def test_run_command_timeout_stops_children(tmp_path):
+    script = "sleep 30 & echo $! > child.pid; wait"
+    with pytest.raises(SystemExit, match="timed out after 0.5 s"):
+        experiments.run_command(["sh", "-c", script], tmp_path, tmp_path / "log", timeout_s=0.5)
+
+    child = int((tmp_path / "child.pid").read_text())
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # init reaps the killed child shortly after
+    assert not Path(f"/proc/{child}").exists()
