@@ -29,6 +29,9 @@ from machine import describe_machine
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# NOTE: the model runs under Keras' default float32 policy on one device, as the features
+# stage does when this was written. If that stage adopts imgclf.compute.setup_compute
+# (mixed precision on GPUs), call it here too, or the ratio compares different dtypes.
 def build_pooled_model(params):
     """Return the classifier cut at its pooling layer: (batch, size, size, 3) -> (batch, channels)."""
     import keras

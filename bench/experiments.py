@@ -430,6 +430,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before describe_machine imports TensorFlow
     overrides = dict(parse_override(text) for text in args.set)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="imgclf-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)

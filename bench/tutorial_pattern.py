@@ -14,7 +14,9 @@ the backbone once instead, so this script is what the cached stages are compared
 It uses the same params.yaml values as the pipeline: backbone, alpha, weights, image
 size, head type, dropout, L1/L2, augmentation, seed, and per phase the optimizer, learning
 rate, batch size, epochs, patience (EarlyStopping with restore_best_weights) and the
-head's class weights. Pixels are decoded with libjpeg's accurate DCT, as the pipeline does.
+head's class weights. Fine-tuning unfreezes the layers above the block boundary nearest
+to finetune.unfreeze, the same layers as the pipeline's finetune stage. Pixels are
+decoded with libjpeg's accurate DCT, as the pipeline does.
 
 Run from the repository root:
   PYTHONPATH=src python bench/tutorial_pattern.py --output bench/results/tutorial.json
@@ -143,7 +145,7 @@ def unfreeze_top(base, n_layers: int) -> int:
 
 
 def fit_phase(model, train, val, *, epochs: int, patience: int, class_weight=None) -> dict:
-    """Fit with EarlyStopping(val_loss, restore_best_weights); return seconds and epochs run."""
+    """Fit with EarlyStopping(val_loss, restore_best_weights); return seconds, epochs run, best epoch."""
     import keras
     import numpy as np
 
@@ -192,6 +194,8 @@ def main() -> int:
     import keras
 
     from imgclf import config
+    from imgclf.errors import StageError
+    from imgclf.features import find_cut
     from imgclf.train import class_weights, compile_classifier, make_optimizer
 
     root = args.root.resolve()
@@ -213,6 +217,12 @@ def main() -> int:
                          shuffle_seed=None)
 
     model, base = build_model(params, len(classes))
+    # The pipeline moves finetune.unfreeze to the nearest block boundary of the backbone,
+    # so the same layers are unfrozen here. A bad value stops the run before training.
+    try:
+        cut = find_cut(base, tune.unfreeze)
+    except StageError as error:
+        raise SystemExit(str(error)) from None
     compile_classifier(model, make_optimizer(head.optimizer, head_lr, head.momentum))
     head_phase = fit_phase(
         model, batched(train, head.batch_size), batched(val, head.batch_size),
@@ -220,7 +230,7 @@ def main() -> int:
         class_weight=class_weights(train_ids, len(classes), head.class_weight),
     )
 
-    unfrozen = unfreeze_top(base, tune.unfreeze)
+    unfrozen = unfreeze_top(base, cut.trainable_layers)
     # Recompile after changing `trainable`, or Keras keeps training the old set of weights.
     compile_classifier(model, make_optimizer("adam", tune.lr))
     finetune_phase = fit_phase(
@@ -242,6 +252,8 @@ def main() -> int:
         "image_size": size,
         "head_lr": head_lr,
         "finetune_lr": tune.lr,
+        "finetune_unfreeze_requested": tune.unfreeze,
+        "finetune_layers_unfrozen": cut.trainable_layers,
         "finetune_layers_with_weights": unfrozen,
         "head": head_phase,
         "finetune": finetune_phase,
