@@ -33,7 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # stage does when this was written. If that stage adopts imgclf.compute.setup_compute
 # (mixed precision on GPUs), call it here too, or the ratio compares different dtypes.
 def build_pooled_model(params):
-    """Return the classifier cut at its pooling layer: (batch, size, size, 3) -> (batch, channels)."""
+    """Return the classifier cut at its pooling layer.
+
+    (batch, size, size, 3) raw RGB -> (batch, channels) pooled backbone output.
+    """
     import keras
 
     from imgclf.model import build_classifier

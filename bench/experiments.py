@@ -1,4 +1,4 @@
-"""Driver: cached-feature stages against the tutorial pattern, measured side by side in a scratch project.
+"""Driver: cached-feature stages against the tutorial pattern, side by side in a scratch project.
 
 In: this repository's pipeline (dvc.yaml, params.yaml, stages/, src/, .dvc/plots), and
 for --subset the fetched images in data/raw. Out: a JSON report (--out) with the
@@ -9,7 +9,8 @@ The scratch project is a fresh git + DVC repository in WORKDIR/project. With
 --subset N, the driver copies N images per class from data/raw, drawn with a fixed
 seed, into a folder that becomes data.source. The project's own prepare and split
 stages then split them. Without --subset the scratch project keeps data.source,
-which for the defaults is the cats_and_dogs_filtered archive in the Keras cache. Each of the --repeats rounds measures, in this order:
+which for the defaults is the cats_and_dogs_filtered archive in the Keras cache.
+Each of the --repeats rounds measures, in this order:
 
   c. `dvc repro -f` of the whole pipeline (per-stage seconds from the times at which
      DVC prints "Running stage"), then bench/tutorial_pattern.py at the default lr;
@@ -298,7 +299,7 @@ class Bench:
         }
 
     def sweep_point(self, repeat: int) -> dict:
-        """b: train_head, finetune, evaluate at the sweep lr on cached features, then the tutorial."""
+        """b: train_head, finetune, evaluate at the sweep lr on cached features; the tutorial."""
         print(f"repeat {repeat}: sweep point at train_head.lr {self.sweep_lr:g}", flush=True)
         params_file = self.project / "params.yaml"
         original = params_file.read_text()

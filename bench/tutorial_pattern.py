@@ -96,7 +96,7 @@ def batched(dataset, batch_size: int):
 
 
 def build_model(params, n_classes: int):
-    """Return (model, base): augmentation -> Preprocess -> frozen base -> pool -> dropout -> Dense."""
+    """Return (model, base): augmentation, Preprocess, frozen base, pool, dropout, Dense."""
     import keras
     from keras import layers
 
@@ -115,7 +115,8 @@ def build_model(params, n_classes: int):
     if augmentation is not None:
         x = augmentation(x)  # active in fit() only
     x = Preprocess(zoo.BACKBONES[params.model.backbone].preprocessing)(x)
-    x = base(x, training=False)  # (batch, h, w, channels); BatchNormalization stays in inference mode
+    # training=False keeps BatchNormalization in inference mode, also after unfreezing.
+    x = base(x, training=False)  # (batch, h, w, channels)
     x = layers.GlobalAveragePooling2D()(x)  # (batch, channels)
     x = layers.Dropout(params.model.dropout)(x)
     regularizer = keras.regularizers.L1L2(l1=params.model.l1, l2=params.model.l2)
@@ -145,7 +146,10 @@ def unfreeze_top(base, n_layers: int) -> int:
 
 
 def fit_phase(model, train, val, *, epochs: int, patience: int, class_weight=None) -> dict:
-    """Fit with EarlyStopping(val_loss, restore_best_weights); return seconds, epochs run, best epoch."""
+    """Fit with EarlyStopping(val_loss, restore_best_weights).
+
+    Returns the seconds, the epochs run and the best epoch with its val loss and accuracy.
+    """
     import keras
     import numpy as np
 
@@ -170,7 +174,8 @@ def fit_phase(model, train, val, *, epochs: int, patience: int, class_weight=Non
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=ROOT,
-                        help="project root with data/split/ and params.yaml (default: this repository)")
+                        help="project root with data/split/ and params.yaml "
+                             "(default: this repository)")
     parser.add_argument("--params", type=Path,
                         help="params file to read (default: ROOT/params.yaml)")
     parser.add_argument("--limit", type=int,

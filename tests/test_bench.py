@@ -109,7 +109,9 @@ def test_summary_ratio_uses_medians():
 
 
 def test_first_per_class_alternates_classes():
-    entries = [Entry(f"c{i}", "cats") for i in range(4)] + [Entry(f"d{i}", "dogs") for i in range(2)]
+    cats = [Entry(f"c{i}", "cats") for i in range(4)]
+    dogs = [Entry(f"d{i}", "dogs") for i in range(2)]
+    entries = cats + dogs
     chosen = tutorial_pattern.first_per_class(entries, 5)
     assert [entry.path for entry in chosen] == ["c0", "d0", "c1", "d1", "c2"]
 
