@@ -62,11 +62,12 @@ def main() -> None:
         for split in ("train", "val")
     }
     train_ids = labels_for(entries["train"], classes, sigmoid_head=False)
+    left_out = sum(len(entries[split]) - len(batches[split].rows) for split in batches)
     log.info(
         "training the %s head of %s on the cached features of %d images (%d views) of %d "
         "classes, validating on %d; %d left out by audit.exclude",
         params.model.head, params.model.backbone, len(batches["train"].rows),
-        meta["train_views"], len(classes), len(batches["val"].rows), len(params.audit.exclude),
+        meta["train_views"], len(classes), len(batches["val"].rows), left_out,
     )
 
     fit(

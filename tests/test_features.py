@@ -65,9 +65,9 @@ def test_cut_is_the_nearest_boundary_for_every_unfreeze(classifier):
 
     for unfreeze in range(1, total):
         cut = find_cut(backbone, unfreeze)
-        wanted = total - unfreeze - 1
+        expected = total - unfreeze - 1
         assert cut.index in boundaries
-        assert abs(cut.index - wanted) == min(abs(b - wanted) for b in boundaries)
+        assert abs(cut.index - expected) == min(abs(b - expected) for b in boundaries)
         assert cut.trainable_layers == total - 1 - cut.index
 
 
@@ -178,6 +178,12 @@ def test_kept_rows_leave_out_excluded_paths():
     assert list(kept_rows(entries, ["data/prepared/images/cats/2.jpg"])) == [0, 1, 3]
 
 
+def test_kept_rows_reject_excluding_everything():
+    entries = [Entry(f"data/prepared/images/cats/{i}.jpg", "cats") for i in range(2)]
+    with pytest.raises(StageError, match="lists all 2 images of a split"):
+        kept_rows(entries, [entry.path for entry in entries])
+
+
 def test_stale_cache_explained(tmp_path):
     manifest = tmp_path / "train.csv"
     manifest.write_text("path,label\na.jpg,cats\n")
@@ -258,3 +264,18 @@ def test_unknown_excluded_path_stops_training(split_project):
     assert result.returncode == 1
     assert "audit.exclude lists 1 path(s)" in result.output
     assert "nope.jpg" in result.output
+
+
+def test_excluded_images_left_out_of_training(split_project):
+    project = split_project
+    train = (project / "data" / "split" / "train.csv").read_text().splitlines()[1:]
+    test = (project / "data" / "split" / "test.csv").read_text().splitlines()[1:]
+    excluded = [train[0].split(",")[0], test[0].split(",")[0]]
+    set_params(project, **{"audit.exclude": excluded})
+    assert run_stage(project, "features").returncode == 0
+
+    result = run_stage(project, "train_head")
+
+    assert result.returncode == 0, result.output
+    assert f"cached features of {len(train) - 1} images" in result.output
+    assert "1 left out by audit.exclude" in result.output  # the test split is never filtered

@@ -348,4 +348,10 @@ def check_exclusions(exclude: list[str], manifests: dict[str, list[Entry]]) -> N
 def kept_rows(entries: list[Entry], exclude: list[str]) -> np.ndarray:
     """Indices of the entries that `exclude` does not list."""
     excluded = set(exclude)
-    return np.array([i for i, entry in enumerate(entries) if entry.path not in excluded])
+    rows = [i for i, entry in enumerate(entries) if entry.path not in excluded]
+    if not rows:
+        raise StageError(
+            f"audit.exclude lists all {len(entries)} images of a split, which leaves nothing "
+            "to train or validate on; remove some paths from audit.exclude"
+        )
+    return np.array(rows, dtype=np.int64)
