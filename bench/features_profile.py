@@ -1,4 +1,4 @@
-"""Where the features stage's time goes: the extractor's throughput under each input path.
+"""Profile of the features stage: the extractor's throughput under each input path.
 
 In: a project root whose data/split/train.csv lists prepared JPEGs, and its params.yaml.
 Out: images per second, printed and written as JSON with --output, for the extractor
