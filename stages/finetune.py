@@ -10,8 +10,7 @@ import logging
 from imgclf import config
 from imgclf.compute import for_saving, setup_compute
 from imgclf.features import (
-    ViewBatches, check_exclusions, check_meta, find_cut, kept_rows, labels_for, load_array,
-    read_meta, top_on_cut,
+    check_exclusions, check_meta, find_cut, read_meta, top_on_cut, training_batches,
 )
 from imgclf.files import save_model_atomic
 from imgclf.manifest import class_names, read_entries
@@ -57,15 +56,10 @@ def main() -> None:
         unfrozen[-1] if unfrozen else "-", settings.lr,
     )
 
-    batches = {
-        split: ViewBatches(
-            load_array(config.FEATURES_DIR, split, "cut"),
-            labels_for(entries[split], classes, sigmoid_head=sigmoid_head),
-            batch_size=settings.batch_size, seed=params.seed, shuffle=split == "train",
-            rows=kept_rows(entries[split], params.audit.exclude),
-        )
-        for split in ("train", "val")
-    }
+    batches = training_batches(
+        "cut", entries, classes, sigmoid_head=sigmoid_head, batch_size=settings.batch_size,
+        seed=params.seed, exclude=params.audit.exclude,
+    )
     fit(
         top, batches["train"], batches["val"],
         epochs=settings.epochs,

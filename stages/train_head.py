@@ -9,8 +9,8 @@ import logging
 from imgclf import config
 from imgclf.compute import for_saving, setup_compute
 from imgclf.features import (
-    BACKBONE_WEIGHTS, ViewBatches, check_exclusions, check_meta, head_on_pooled, kept_rows,
-    labels_for, load_array, read_meta,
+    BACKBONE_WEIGHTS, check_exclusions, check_meta, head_on_pooled, labels_for, read_meta,
+    training_batches,
 )
 from imgclf.files import save_model_atomic
 from imgclf.manifest import class_names, read_entries
@@ -52,15 +52,10 @@ def main() -> None:
             head, make_optimizer(settings.optimizer, settings.lr, settings.momentum)
         )
 
-    batches = {
-        split: ViewBatches(
-            load_array(config.FEATURES_DIR, split, "pooled"),
-            labels_for(entries[split], classes, sigmoid_head=sigmoid_head),
-            batch_size=settings.batch_size, seed=params.seed, shuffle=split == "train",
-            rows=kept_rows(entries[split], params.audit.exclude),
-        )
-        for split in ("train", "val")
-    }
+    batches = training_batches(
+        "pooled", entries, classes, sigmoid_head=sigmoid_head, batch_size=settings.batch_size,
+        seed=params.seed, exclude=params.audit.exclude,
+    )
     train_ids = labels_for(entries["train"], classes, sigmoid_head=False)
     left_out = sum(len(entries[split]) - len(batches[split].rows) for split in batches)
     log.info(

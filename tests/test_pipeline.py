@@ -164,7 +164,7 @@ def wait_for_queue(project, timeout: float = 900) -> str:
 def test_queued_grid_from_a_clean_clone(repo, tmp_path):
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(repo["project"]), str(clone)], tmp_path)
-    # The first project's DVC cache stands in for the remote a team would pull from.
+    # The first project's DVC cache serves as the remote a team would pull from.
     remote = str(repo["project"] / ".dvc" / "cache")
     run(["dvc", "remote", "add", "--local", "-d", "origin", remote], clone)
     run(["dvc", "pull"], clone)

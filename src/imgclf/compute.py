@@ -352,5 +352,5 @@ def float32_copy(model: keras.Model) -> keras.Model:
 
 
 def for_saving(model: keras.Model, compute: Compute) -> keras.Model:
-    """The model to save: itself under float32, a float32 copy of it under mixed precision."""
+    """Return the model to save: itself under float32, a float32 copy under mixed precision."""
     return model if compute.policy == "float32" else float32_copy(model)

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 from numpy.lib.format import open_memmap
 
+from imgclf import config
 from imgclf.data import label_ids, make_dataset
 from imgclf.errors import StageError
 from imgclf.manifest import Entry
@@ -355,3 +356,28 @@ def kept_rows(entries: list[Entry], exclude: list[str]) -> np.ndarray:
             "to train or validate on; remove some paths from audit.exclude"
         )
     return np.array(rows, dtype=np.int64)
+
+
+def training_batches(
+    kind: str,
+    entries: dict[str, list[Entry]],
+    classes: list[str],
+    *,
+    sigmoid_head: bool,
+    batch_size: int,
+    seed: int,
+    exclude: list[str],
+) -> dict[str, ViewBatches]:
+    """Build the train (shuffled, one random view) and val (view 0) batches of one cached kind.
+
+    Images that `exclude` lists are left out of both splits.
+    """
+    return {
+        split: ViewBatches(
+            load_array(config.FEATURES_DIR, split, kind),
+            labels_for(entries[split], classes, sigmoid_head=sigmoid_head),
+            batch_size=batch_size, seed=seed, shuffle=split == "train",
+            rows=kept_rows(entries[split], exclude),
+        )
+        for split in ("train", "val")
+    }
